@@ -1,0 +1,114 @@
+"""System checks: settings of the wrong shape are Errors, Redis eviction is a Warning.
+
+Registered from ``AppConfig.ready()``. Settings checks need no Redis; the Redis check
+(``django_kiq.W001``/``W002``) is tagged ``database`` so it runs with ``check --database`` and at
+worker start-up, never on every ``manage.py`` command.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.checks import Error, Tags, Warning, register
+
+from .conf import DEFAULTS, raw_settings
+from .registry import QUEUE_NAME, validate_cron
+
+NUMBERS = {"CONCURRENCY": (int, 1), "POISON_LIMIT": (int, 1), "MAX_RETRIES": (int, 0),
+           "DEAD_MAX_JOBS": (int, 1), "MAX_PAYLOAD_BYTES": (int, 1),
+           "TIMEOUT": ((int, float), 0), "PROCESS_TTL": ((int, float), 1),
+           "HEARTBEAT_INTERVAL": ((int, float), 0.01), "DEAD_TIMEOUT": ((int, float), 1),
+           "POLL_INTERVAL_MAX": ((int, float), 0.01)}
+LISTS = ("IMPORTS", "ERROR_HANDLERS", "DEATH_HANDLERS", "CLIENT_MIDDLEWARE", "SERVER_MIDDLEWARE")
+
+
+def _error(msg: str, n: int, hint: str | None = None) -> Error:
+    return Error(msg, hint=hint, id=f"django_kiq.E{n:03d}")
+
+
+@register("django_kiq")
+def check_settings(app_configs=None, **kwargs: Any) -> list:
+    from django.conf import settings
+
+    user = getattr(settings, "KIQ", {})
+    if not isinstance(user, dict):
+        return [_error("settings.KIQ must be a dict.", 1)]
+    errors = []
+    unknown = set(user) - set(DEFAULTS)
+    if unknown:
+        errors.append(_error(f"Unknown KIQ setting(s): {', '.join(sorted(unknown))}.", 2,
+                             hint=f"Valid keys: {', '.join(sorted(DEFAULTS))}."))
+    raw = raw_settings()
+    errors += _check_numbers(raw) + _check_shapes(raw) + _check_periodic(raw)
+    return errors
+
+
+def _check_numbers(raw: dict) -> list:
+    errors = []
+    for key, (types, minimum) in NUMBERS.items():
+        value = raw[key]
+        if isinstance(value, bool) or not isinstance(value, types) or value < minimum:
+            errors.append(_error(f"KIQ['{key}'] must be a number >= {minimum}, not {value!r}.", 3))
+    if (not errors and raw["HEARTBEAT_INTERVAL"] * 2 > raw["PROCESS_TTL"]):
+        errors.append(_error("KIQ['PROCESS_TTL'] must be at least twice HEARTBEAT_INTERVAL, or "
+                             "live workers would be taken for dead.", 4))
+    return errors
+
+
+def _check_shapes(raw: dict) -> list:
+    errors = []
+    if not isinstance(raw["REDIS_URL"], str) or "://" not in raw["REDIS_URL"]:
+        errors.append(_error(f"KIQ['REDIS_URL'] must be a redis:// URL, not {raw['REDIS_URL']!r}.",
+                             5))
+    alias = raw["REDIS_CACHE_ALIAS"]
+    if alias is not None:
+        from django.conf import settings
+
+        if alias not in getattr(settings, "CACHES", {}):
+            errors.append(_error(f"KIQ['REDIS_CACHE_ALIAS'] {alias!r} is not in CACHES.", 6))
+    if not isinstance(raw["NAMESPACE"], str):
+        errors.append(_error("KIQ['NAMESPACE'] must be a string.", 7))
+    queues = raw["QUEUES"]
+    if isinstance(queues, str) or not isinstance(queues, (list, tuple)) or not all(
+            isinstance(q, str) and QUEUE_NAME.match(q.partition(",")[0]) for q in queues):
+        errors.append(_error(f"KIQ['QUEUES'] must be a list of queue names, not {queues!r}.", 8,
+                             hint="Queue names use letters, digits, '_', '.', '-'."))
+    for key in LISTS:
+        value = raw[key]
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            errors.append(_error(f"KIQ['{key}'] must be a list of dotted paths.", 9))
+    if raw["TESTING"] not in (None, "inline", "fake"):
+        errors.append(_error("KIQ['TESTING'] must be None, 'inline' or 'fake'.", 10))
+    if not isinstance(raw["ENQUEUE_ON_COMMIT"], bool):
+        errors.append(_error("KIQ['ENQUEUE_ON_COMMIT'] must be True or False.", 11))
+    return errors
+
+
+def _check_periodic(raw: dict) -> list:
+    entries = raw["PERIODIC"]
+    if not isinstance(entries, (list, tuple)):
+        return [_error("KIQ['PERIODIC'] must be a list of dicts.", 12)]
+    errors = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("job"), str):
+            errors.append(_error(f"KIQ['PERIODIC'][{i}] needs a 'job' name and a 'cron'.", 12))
+            continue
+        try:
+            validate_cron(entry.get("cron"), entry.get("timezone"), where=f"PERIODIC[{i}]")
+        except ValueError as exc:
+            errors.append(_error(str(exc), 13))
+    return errors
+
+
+@register(Tags.database)
+def check_redis(app_configs=None, **kwargs: Any) -> list:
+    from . import storage
+
+    try:
+        policy = storage.get_default().config_get("maxmemory-policy").get("maxmemory-policy")
+    except storage.RedisError as exc:
+        return [Warning(f"Redis is not reachable: {exc}", id="django_kiq.W002")]
+    if policy and policy != "noeviction":
+        return [Warning(f"Redis maxmemory-policy is {policy!r}: Redis may evict job data.",
+                        hint="Set maxmemory-policy to noeviction.", id="django_kiq.W001")]
+    return []

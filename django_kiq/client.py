@@ -1,0 +1,150 @@
+"""Enqueueing: building job hashes, client middleware, on-commit pushes, Redis errors.
+
+Runs in whatever process calls ``.enqueue()`` (web requests, shells, the worker itself). Argument
+checks and client middleware run at call time so mistakes surface where they are made; inside
+``transaction.atomic()`` the Redis push waits for the commit (``KIQ["ENQUEUE_ON_COMMIT"]``) and a
+rollback pushes nothing. The jid is returned at once either way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from django.db import transaction
+
+from . import payload, storage
+from .conf import KiqSettings, get_settings
+from .exceptions import EnqueueError, PayloadTooLarge
+from .middleware import build_chain
+
+logger = logging.getLogger("django_kiq.client")
+
+_chain_lock = threading.Lock()
+_chains: dict[tuple, Callable] = {}
+
+
+def enqueue(job_obj, args: Sequence, kwargs: dict[str, Any]) -> str | None:
+    return _submit(job_obj, [(tuple(args), dict(kwargs))], at=None)[0]
+
+
+def enqueue_many(job_obj, arg_list: Iterable[Sequence]) -> list[str | None]:
+    items = []
+    for i, item in enumerate(arg_list):
+        if not isinstance(item, (tuple, list)):
+            raise TypeError(f"enqueue_many item {i} is a {type(item).__name__}; "
+                            "pass a tuple of positional arguments per job")
+        items.append((tuple(item), {}))
+    return _submit(job_obj, items, at=None)
+
+
+def enqueue_in(job_obj, delay: float | dt.timedelta, args: Sequence,
+               kwargs: dict[str, Any]) -> str | None:
+    seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else delay
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+        raise TypeError(f"enqueue_in takes seconds or a timedelta, not {delay!r}")
+    return _submit(job_obj, [(tuple(args), dict(kwargs))], at=time.time() + seconds)[0]
+
+
+def enqueue_at(job_obj, when: dt.datetime | float, args: Sequence,
+               kwargs: dict[str, Any]) -> str | None:
+    return _submit(job_obj, [(tuple(args), dict(kwargs))], at=to_epoch(when))[0]
+
+
+def to_epoch(when: dt.datetime | float) -> float:
+    if isinstance(when, dt.datetime):
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise ValueError("enqueue_at needs an aware datetime (or epoch seconds); "
+                             f"got naive {when!r}")
+        return when.timestamp()
+    if isinstance(when, (int, float)) and not isinstance(when, bool):
+        return float(when)
+    raise TypeError(f"enqueue_at takes an aware datetime or epoch seconds, not {when!r}")
+
+
+def _submit(job_obj, items: list[tuple[tuple, dict]], at: float | None) -> list[str | None]:
+    settings = get_settings()
+    options = job_obj.options
+    now = time.time()
+    jobs = []
+    for args, kwargs in items:
+        payload.check_args(args, kwargs)
+        job = payload.build(name=job_obj.name, args=args, kwargs=kwargs, queue=options.queue,
+                            now=now, options=options.payload_fields())
+        if at is not None and at > now:
+            job["at"] = at
+        jobs.append(job)
+    return submit_payloads(jobs, settings)
+
+
+def submit_payloads(jobs: list[dict[str, Any]], settings: KiqSettings | None = None,
+                    ) -> list[str | None]:
+    """Run client middleware over ready job hashes and push (or schedule) the survivors.
+
+    Also the entry point for callers that build hashes themselves (django.tasks backend, API).
+    """
+    settings = settings or get_settings()
+    if settings.testing:
+        from . import testing
+
+        return testing.submit(jobs, settings)
+    chain = client_chain(settings)
+    accepted = [j for j in (chain(job) for job in jobs) if j is not None]
+    for job in accepted:
+        check_size(job, settings)
+    kept = {id(j) for j in accepted}
+    jids = [job["jid"] if id(job) in kept else None for job in jobs]
+    if not accepted:
+        return jids
+    if settings.enqueue_on_commit and transaction.get_connection().in_atomic_block:
+        transaction.on_commit(lambda: push_now(accepted, settings))
+    else:
+        push_now(accepted, settings)
+    return jids
+
+
+def client_chain(settings: KiqSettings) -> Callable:
+    key = settings.client_middleware
+    chain = _chains.get(key)
+    if chain is None:
+        with _chain_lock:
+            chain = _chains[key] = build_chain(settings.client_middleware, lambda job: job)
+    return chain
+
+
+def check_size(job: dict[str, Any], settings: KiqSettings) -> None:
+    size = len(payload.encode(job))
+    if size > settings.max_payload_bytes:
+        raise PayloadTooLarge(
+            f"job {job['class']} ({job['jid']}) encodes to {size:,} bytes, over "
+            f"KIQ['MAX_PAYLOAD_BYTES'] = {settings.max_payload_bytes:,}; store the data "
+            "elsewhere and pass a reference")
+
+
+def push_now(jobs: list[dict[str, Any]], settings: KiqSettings | None = None) -> None:
+    """Write jobs to Redis now: due ones to their queue, future ones to the schedule set."""
+    store = storage.get_default()
+    now = time.time()
+    immediate, scheduled = [], []
+    for job in jobs:
+        at = job.get("at")
+        if at is not None and at > now:
+            scheduled.append((at, payload.encode(job)))
+        else:
+            job.pop("at", None)
+            job["enqueued_at"] = now
+            immediate.append((job["queue"], payload.encode(job)))
+    try:
+        if immediate:
+            store.push(immediate)
+        if scheduled:
+            store.schedule(scheduled)
+    except storage.RedisError as exc:
+        jids = ", ".join(j["jid"] for j in jobs[:5]) + (" ..." if len(jobs) > 5 else "")
+        logger.error("enqueue failed for %d job(s) (%s): %s", len(jobs), jids, exc)
+        raise EnqueueError(f"could not enqueue {len(jobs)} job(s) ({jids}): Redis error: {exc}",
+                           jid=jobs[0]["jid"]) from exc

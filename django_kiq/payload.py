@@ -1,0 +1,106 @@
+"""The wire format: Sidekiq's job hash as a JSON object, and strict argument checking.
+
+A job hash holds ``class`` (the registered job name), ``args`` (JSON array), ``jid`` (24 hex
+chars), ``queue``, ``retry``, ``created_at`` and ``enqueued_at`` (epoch seconds as floats), plus
+``kwargs`` (django-kiq's keyword arguments, omitted when empty) and the failure fields written
+by the retry machinery. Only JSON-native values are accepted, so what a job receives is exactly
+what its caller passed, in Python or Ruby. Pure functions: no Redis, no settings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+from typing import Any
+
+from .exceptions import MalformedPayload
+
+_NATIVE_SCALARS = (str, int, bool, type(None))
+
+
+def new_jid() -> str:
+    return secrets.token_hex(12)
+
+
+def check_json_native(value: Any, where: str) -> None:
+    """Raise TypeError naming the first value that JSON would not give back unchanged."""
+    if isinstance(value, _NATIVE_SCALARS):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise TypeError(f"{where} is {value!r}; NaN and infinity are not valid JSON")
+        return
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            check_json_native(item, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{where} has a non-string key {key!r}; JSON keys are strings")
+            check_json_native(item, f"{where}[{key!r}]")
+        return
+    raise TypeError(
+        f"{where} is a {type(value).__name__} ({value!r:.80}); job arguments must be JSON-native "
+        "(None, bool, int, float, str, list, dict with str keys): pass an id or a string instead"
+    )
+
+
+def check_args(args: tuple | list, kwargs: dict) -> None:
+    for i, value in enumerate(args):
+        check_json_native(value, f"argument {i}")
+    for name, value in kwargs.items():
+        check_json_native(value, f"argument {name!r}")
+
+
+def build(*, name: str, args: tuple | list, kwargs: dict, queue: str, now: float,
+          options: dict[str, Any] | None = None, jid: str | None = None) -> dict[str, Any]:
+    """A new job hash; ``options`` are extra Sidekiq fields (retry, backtrace, dead, tags...)."""
+    job: dict[str, Any] = {"class": name, "args": list(args)}
+    if kwargs:
+        job["kwargs"] = dict(kwargs)
+    job["jid"] = jid or new_jid()
+    job["queue"] = queue
+    job["created_at"] = now
+    if options:
+        job.update(options)
+    return job
+
+
+def encode(job: dict[str, Any]) -> bytes:
+    return json.dumps(job, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode(raw: bytes | str) -> dict[str, Any]:
+    """Parse and validate a job hash; MalformedPayload says what is wrong with it."""
+    try:
+        job = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedPayload(f"payload is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedPayload("payload is nested too deeply to decode") from None
+    if not isinstance(job, dict):
+        raise MalformedPayload(f"payload is a JSON {type(job).__name__}, not an object")
+    if not isinstance(job.get("class"), str) or not job["class"]:
+        raise MalformedPayload("payload has no 'class' string")
+    if not isinstance(job.get("args"), list):
+        raise MalformedPayload("payload has no 'args' array")
+    if not isinstance(job.get("kwargs", {}), dict):
+        raise MalformedPayload("payload's 'kwargs' is not an object")
+    return job
+
+
+def raw_text(raw: bytes | str) -> str:
+    """The payload as text for a dead record, whatever bytes it holds."""
+    return raw if isinstance(raw, str) else raw.decode("utf-8", errors="backslashreplace")
+
+
+def malformed_record(raw: bytes, *, queue: str, reason: str, now: float) -> dict[str, Any]:
+    """A dead-set entry standing in for a payload that is not a job, keeping its text."""
+    return {
+        "class": "django_kiq.MalformedPayload", "args": [], "jid": new_jid(), "queue": queue,
+        "created_at": now, "failed_at": now, "retry": False, "retry_count": 0,
+        "error_class": "django_kiq.exceptions.MalformedPayload", "error_message": reason,
+        "raw_payload": raw_text(raw),
+    }

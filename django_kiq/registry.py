@@ -1,0 +1,240 @@
+"""``@job``: job definitions and the name -> definition registry.
+
+Decoration runs at import time in every process (web, worker, shell) and fails fast on a bad
+option, a duplicate name, or a function the worker could not find by module path (nested,
+lambda). The worker only ever runs names registered here: it never imports a name found in
+Redis. Enqueueing lives in ``client.py``; a :class:`Job` only forwards to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import inspect
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+
+_registry: dict[str, "JobDefinition"] = {}
+_lock = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobOptions:
+    """Per-job options; every field has a settings-driven or Sidekiq default."""
+
+    queue: str = "default"
+    retry: bool | int = True
+    backtrace: bool | int = False
+    dead: bool = True
+    retry_in: Callable | None = None
+    on_exhausted: Callable | None = None
+    retry_queue: str | None = None
+    tags: tuple[str, ...] = ()
+    cron: str | None = None
+    timezone: str | None = None
+
+    def payload_fields(self) -> dict[str, Any]:
+        """The options that travel in the job hash (Sidekiq field names)."""
+        out: dict[str, Any] = {"retry": self.retry}
+        if self.backtrace:
+            out["backtrace"] = self.backtrace
+        if not self.dead:
+            out["dead"] = False
+        if self.retry_queue:
+            out["retry_queue"] = self.retry_queue
+        if self.tags:
+            out["tags"] = list(self.tags)
+        return out
+
+
+OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(JobOptions)) | {"name"}
+SET_OPTION_NAMES = frozenset({"queue", "retry", "backtrace", "dead", "retry_queue", "tags"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobDefinition:
+    name: str
+    func: Callable
+    options: JobOptions = field(default_factory=JobOptions)
+    is_async: bool = False
+
+
+def validate_options(options: dict[str, Any], *, where: str) -> None:
+    unknown = set(options) - OPTION_NAMES
+    if unknown:
+        raise TypeError(f"{where}: unknown option(s) {sorted(unknown)}; "
+                        f"valid options are {sorted(OPTION_NAMES)}")
+    queue = options.get("queue", "default")
+    for key in ("queue", "retry_queue"):
+        value = options.get(key)
+        if value is not None and (not isinstance(value, str) or not QUEUE_NAME.match(value)):
+            raise ValueError(f"{where}: {key}={value!r} is not a valid queue name "
+                             "(letters, digits, '_', '.', '-'; at most 128 characters)")
+    retry = options.get("retry", True)
+    if not isinstance(retry, (bool, int)) or (not isinstance(retry, bool) and retry < 0):
+        raise ValueError(f"{where}: retry must be True, False or an int >= 0, not {retry!r}")
+    backtrace = options.get("backtrace", False)
+    if not isinstance(backtrace, (bool, int)) or backtrace is not True and backtrace < 0:
+        raise ValueError(f"{where}: backtrace must be a bool or a line count, not {backtrace!r}")
+    if not isinstance(options.get("dead", True), bool):
+        raise ValueError(f"{where}: dead must be a bool")
+    for key in ("retry_in", "on_exhausted"):
+        if options.get(key) is not None and not callable(options[key]):
+            raise TypeError(f"{where}: {key} must be callable")
+    tags = options.get("tags", ())
+    if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
+        raise TypeError(f"{where}: tags must be a list of strings")
+    if options.get("cron") is not None:
+        validate_cron(options["cron"], options.get("timezone"), where=where)
+    del queue
+
+
+def validate_cron(expression: str, timezone: str | None, *, where: str) -> None:
+    from croniter import croniter
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    if not isinstance(expression, str) or not croniter.is_valid(expression):
+        raise ValueError(f"{where}: {expression!r} is not a valid cron expression")
+    if timezone is not None:
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError, TypeError):
+            raise ValueError(f"{where}: unknown timezone {timezone!r}") from None
+
+
+def _check_function(func: Callable) -> None:
+    if not inspect.isfunction(func):
+        raise TypeError(f"@job decorates plain functions, not {type(func).__name__}")
+    if func.__name__ == "<lambda>":
+        raise TypeError("@job cannot decorate a lambda: the worker finds jobs by name")
+    if "<locals>" in func.__qualname__:
+        raise TypeError(f"@job cannot decorate {func.__qualname__}: a nested function is not "
+                        "importable; define it at module level")
+
+
+def register(func: Callable, options: dict[str, Any]) -> JobDefinition:
+    _check_function(func)
+    where = f"@job on {func.__module__}.{func.__qualname__}"
+    validate_options(options, where=where)
+    name = options.pop("name", None) or f"{func.__module__}.{func.__qualname__}"
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{where}: name must be a non-empty string")
+    if "tags" in options:
+        options["tags"] = tuple(options["tags"])
+    definition = JobDefinition(name=name, func=func, options=JobOptions(**options),
+                               is_async=inspect.iscoroutinefunction(func))
+    add(definition)
+    return definition
+
+
+def add(definition: JobDefinition) -> None:
+    """Register a definition; the same function registered again (a reload) replaces itself."""
+    with _lock:
+        existing = _registry.get(definition.name)
+        if existing is not None and not _same_function(existing.func, definition.func):
+            raise ValueError(
+                f"job name {definition.name!r} is already registered by "
+                f"{existing.func.__module__}.{existing.func.__qualname__}")
+        _registry[definition.name] = definition
+
+
+def _same_function(a: Callable, b: Callable) -> bool:
+    return (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
+
+
+def get(name: str) -> JobDefinition | None:
+    return _registry.get(name)
+
+
+def names() -> list[str]:
+    return sorted(_registry)
+
+
+def all_definitions() -> list[JobDefinition]:
+    return [_registry[n] for n in sorted(_registry)]
+
+
+def unregister(name: str) -> None:
+    """Remove a name (for tests that register throwaway jobs)."""
+    with _lock:
+        _registry.pop(name, None)
+
+
+class Job:
+    """What ``@job`` returns: still callable as the plain function, plus enqueue methods."""
+
+    def __init__(self, definition: JobDefinition, overrides: dict[str, Any] | None = None):
+        self.definition = definition
+        self._overrides = overrides or {}
+        self.__wrapped__ = definition.func
+        self.__doc__ = definition.func.__doc__
+        self.__name__ = definition.func.__name__
+        self.__qualname__ = definition.func.__qualname__
+        self.__module__ = definition.func.__module__
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    @property
+    def options(self) -> JobOptions:
+        if not self._overrides:
+            return self.definition.options
+        return dataclasses.replace(self.definition.options, **self._overrides)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.definition.func(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Job {self.name}>"
+
+    def set(self, **overrides: Any) -> "Job":
+        """A copy with per-call options: ``job.set(queue="critical", retry=False).enqueue(...)``."""
+        unknown = set(overrides) - SET_OPTION_NAMES
+        if unknown:
+            raise TypeError(f"{self.name}.set(): unknown option(s) {sorted(unknown)}; "
+                            f"valid options are {sorted(SET_OPTION_NAMES)}")
+        validate_options(overrides, where=f"{self.name}.set()")
+        if "tags" in overrides:
+            overrides["tags"] = tuple(overrides["tags"])
+        return Job(self.definition, {**self._overrides, **overrides})
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> str:
+        from . import client
+
+        return client.enqueue(self, args, kwargs)
+
+    delay = enqueue
+
+    def enqueue_in(self, delay: float | dt.timedelta, *args: Any, **kwargs: Any) -> str:
+        from . import client
+
+        return client.enqueue_in(self, delay, args, kwargs)
+
+    def enqueue_at(self, when: dt.datetime | float, *args: Any, **kwargs: Any) -> str:
+        from . import client
+
+        return client.enqueue_at(self, when, args, kwargs)
+
+    def enqueue_many(self, arg_list: Any) -> list[str]:
+        from . import client
+
+        return client.enqueue_many(self, arg_list)
+
+
+def job(func: Callable | None = None, /, **options: Any):
+    """Register a module-level function as a job: ``@job`` or ``@job(queue=..., retry=...)``."""
+    if func is not None:
+        if options:
+            raise TypeError("use @job(...) with keyword options, not @job(func, ...)")
+        return Job(register(func, {}))
+
+    def decorate(f: Callable) -> Job:
+        return Job(register(f, dict(options)))
+
+    return decorate

@@ -1,0 +1,45 @@
+"""The only package that talks to Redis: key names, connections, Lua scripts and verbs.
+
+``get_default()`` returns the process-wide :class:`Storage` built from the settings on first use;
+``reset_default()`` (called when ``KIQ`` changes in tests) drops it.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from .keys import Keys
+from .store import TRANSIENT_ERRORS, Heartbeat, RedisError, Settle, Storage
+
+__all__ = ["Keys", "Storage", "Settle", "Heartbeat", "TRANSIENT_ERRORS", "RedisError",
+           "get_default", "reset_default", "from_settings"]
+
+_lock = threading.Lock()
+_default: Storage | None = None
+
+
+def from_settings(settings) -> Storage:
+    from .connection import build_client
+
+    client = build_client(settings.redis_url, settings.redis_cache_alias, settings.redis_options)
+    return Storage(client, Keys(settings.namespace), dead_max_jobs=settings.dead_max_jobs,
+                   dead_timeout=settings.dead_timeout)
+
+
+def get_default() -> Storage:
+    global _default
+    current = _default
+    if current is None:
+        from django_kiq.conf import get_settings
+
+        with _lock:
+            if _default is None:
+                _default = from_settings(get_settings())
+            current = _default
+    return current
+
+
+def reset_default() -> None:
+    global _default
+    with _lock:
+        _default = None

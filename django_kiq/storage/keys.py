@@ -1,0 +1,103 @@
+"""Every Redis key name django-kiq uses, in one place.
+
+The layout is Sidekiq's (``queues``, ``queue:<name>``, ``schedule``, ``retry``, ``dead``,
+``processes``, ``<identity>``, ``<identity>:work``, ``<identity>-signals``, ``stat:*``) so a Ruby
+Sidekiq can share the Redis. Keys Sidekiq has no equivalent for live under ``kiq:``. The optional
+namespace prefixes every key as ``<namespace>:<key>``, like redis-namespace does for Ruby.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+LANES = ("fetch", "sched")
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    namespace: str = ""
+
+    def _k(self, name: str) -> str:
+        return f"{self.namespace}:{name}" if self.namespace else name
+
+    @property
+    def queues(self) -> str:
+        return self._k("queues")
+
+    def queue(self, name: str) -> str:
+        return self._k(f"queue:{name}")
+
+    @property
+    def queue_prefix(self) -> str:
+        return self._k("queue:")
+
+    @property
+    def schedule(self) -> str:
+        return self._k("schedule")
+
+    @property
+    def retry(self) -> str:
+        return self._k("retry")
+
+    @property
+    def dead(self) -> str:
+        return self._k("dead")
+
+    def sorted_set(self, name: str) -> str:
+        if name not in ("schedule", "retry", "dead"):
+            raise ValueError(f"unknown job set {name!r}")
+        return self._k(name)
+
+    @property
+    def processes(self) -> str:
+        return self._k("processes")
+
+    def process(self, identity: str) -> str:
+        return self._k(identity)
+
+    def work(self, identity: str) -> str:
+        return self._k(f"{identity}:work")
+
+    def signals(self, identity: str) -> str:
+        return self._k(f"{identity}-signals")
+
+    def stat(self, name: str) -> str:
+        return self._k(f"stat:{name}")
+
+    def stat_daily(self, name: str, day: dt.date) -> str:
+        return self._k(f"stat:{name}:{day.isoformat()}")
+
+    # django-kiq's own keys (no Sidekiq equivalent).
+
+    def wip(self, identity: str, lane: str = "fetch") -> str:
+        """An in-progress LIST of one process: jobs it took and has not finished with.
+
+        Lane "fetch" holds jobs its processors run; lane "sched" holds jobs its poller moves
+        from the schedule/retry sets to their queues.
+        """
+        if lane not in LANES:
+            raise ValueError(f"unknown in-progress lane {lane!r}")
+        suffix = "" if lane == "fetch" else f"|{lane}"
+        return self._k(f"kiq:wip:{identity}{suffix}")
+
+    @property
+    def wip_registry(self) -> str:
+        """HASH identity -> info JSON of every process that may own an in-progress list."""
+        return self._k("kiq:wip")
+
+    @property
+    def paused_queues(self) -> str:
+        return self._k("kiq:paused")
+
+    def periodic_state(self) -> str:
+        return self._k("kiq:periodic")
+
+    def periodic_tick(self, name: str, tick: float) -> str:
+        return self._k(f"kiq:periodic:tick:{name}:{tick:.0f}")
+
+    def metrics(self, job_name: str, hour: int) -> str:
+        return self._k(f"kiq:metrics:{hour}:{job_name}")
+
+    def metrics_names(self, hour: int) -> str:
+        return self._k(f"kiq:metrics:{hour}")

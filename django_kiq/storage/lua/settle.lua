@@ -1,0 +1,46 @@
+-- settle.lua: take jobs out of a process's in-progress list and put each where it belongs.
+--
+-- KEYS[1]      the in-progress list (kiq:wip:<identity>)
+-- KEYS[2]      guard key: the owner's heartbeat hash (<identity>); checked only if ARGV[1] == "1"
+-- KEYS[3]      the `queues` set
+-- KEYS[4..]    one destination key per entry (a queue list, or the retry/dead/schedule set)
+-- ARGV[1]      "1": do nothing and return {-1} if the guard key exists (the owner is alive)
+-- ARGV[2]      dead set cap (DEAD_MAX_JOBS); ARGV[3] dead set cutoff score (now - DEAD_TIMEOUT)
+-- ARGV[4..]    4 values per entry: kind, old payload, new payload, score or queue name
+--   kind "x" = discard, "q" = RPUSH to the head of queue, "l" = LPUSH to the tail of queue,
+--   "z" = ZADD with score, "d" = ZADD to dead with score, then trim dead to the cap and cutoff.
+--
+-- An entry acts only if its old payload was still in the in-progress list (LREM returned 1), so
+-- two processes settling the same orphan, or a retried call, never move a job twice.
+-- Returns one 0/1 flag per entry, or {-1} when the guard stopped it.
+
+if ARGV[1] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then
+  return {-1}
+end
+
+local wip = KEYS[1]
+local flags = {}
+local n = (#ARGV - 3) / 4
+for i = 1, n do
+  local base = 3 + (i - 1) * 4
+  local kind, old, new, extra = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
+  local dest = KEYS[3 + i]
+  local removed = redis.call('LREM', wip, -1, old)
+  flags[i] = removed
+  if removed == 1 then
+    if kind == 'q' then
+      redis.call('SADD', KEYS[3], extra)
+      redis.call('RPUSH', dest, new)
+    elseif kind == 'l' then
+      redis.call('SADD', KEYS[3], extra)
+      redis.call('LPUSH', dest, new)
+    elseif kind == 'z' then
+      redis.call('ZADD', dest, extra, new)
+    elseif kind == 'd' then
+      redis.call('ZADD', dest, extra, new)
+      redis.call('ZREMRANGEBYSCORE', dest, '-inf', '(' .. ARGV[3])
+      redis.call('ZREMRANGEBYRANK', dest, 0, -(tonumber(ARGV[2]) + 1))
+    end
+  end
+end
+return flags

@@ -1,0 +1,239 @@
+"""The storage layer: every Redis command django-kiq sends, one method per verb.
+
+Nothing outside ``django_kiq.storage`` imports redis or knows a key name. Payloads travel as the
+exact bytes Redis holds (``bytes``), never re-encoded here, so acknowledging or moving a job always
+matches the member that is in Redis. Multi-key changes are Lua scripts (``lua/*.lua``, each with
+a header) or MULTI pipelines. Callers run on many threads: a redis-py client is thread-safe, and
+this object holds no other mutable state.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from .keys import Keys
+
+LUA_DIR = Path(__file__).with_name("lua")
+PUSH_BATCH = 1000
+DAILY_STATS_TTL = 5 * 365 * 24 * 3600
+METRICS_TTL = 73 * 3600  # the admin shows up to 72 hours
+
+# Errors that mean "Redis is unreachable or failing over right now": callers back off and retry.
+TRANSIENT_ERRORS = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+)
+RedisError = redis.exceptions.RedisError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settle:
+    """One job leaving an in-progress list: where it goes (see settle.lua for kinds)."""
+
+    kind: str  # "x" discard, "q" head of queue, "l" tail of queue, "z" sorted set, "d" dead
+    old: bytes
+    new: bytes = b""
+    dest: str = ""  # queue name for q/l, set name (retry/schedule/dead) for z/d
+    score: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Heartbeat:
+    identity: str
+    info: str
+    busy: int
+    quiet: bool
+    rss_kb: int
+    rtt_us: int
+    work: dict[str, str]
+    ttl: float
+    processed: int
+    failed: int
+
+
+class Storage:
+    def __init__(self, client: redis.Redis, keys: Keys, *, dead_max_jobs: int = 10_000,
+                 dead_timeout: float = 180 * 24 * 3600):
+        self.client = client
+        self.keys = keys
+        self.dead_max_jobs = dead_max_jobs
+        self.dead_timeout = dead_timeout
+        self._fetch = self._script("fetch")
+        self._settle = self._script("settle")
+        self._due = self._script("due")
+        self._unregister = self._script("unregister")
+
+    def _script(self, name: str):
+        return self.client.register_script((LUA_DIR / f"{name}.lua").read_text())
+
+    # -- client side -------------------------------------------------------------------------
+
+    def push(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """LPUSH each (queue, payload) and register its queue; one MULTI per 1,000 jobs."""
+        for start in range(0, len(items), PUSH_BATCH):
+            pipe = self.client.pipeline(transaction=True)
+            for queue in {q for q, _ in items[start:start + PUSH_BATCH]}:
+                pipe.sadd(self.keys.queues, queue)
+            for queue, raw in items[start:start + PUSH_BATCH]:
+                pipe.lpush(self.keys.queue(queue), raw)
+            pipe.execute()
+
+    def schedule(self, items: Sequence[tuple[float, bytes]], set_name: str = "schedule") -> None:
+        key = self.keys.sorted_set(set_name)
+        for start in range(0, len(items), PUSH_BATCH):
+            self.client.zadd(key, {raw: at for at, raw in items[start:start + PUSH_BATCH]})
+
+    # -- worker: fetch, wait, settle ---------------------------------------------------------
+
+    def fetch(self, identity: str, queues: Sequence[str], count: int,
+              acks: Sequence[bytes] = ()) -> list[tuple[str, bytes]]:
+        keys = [self.keys.wip(identity), *(self.keys.queue(q) for q in queues)]
+        flat = self._fetch(keys=keys, args=[count, len(acks), *acks])
+        return [(queues[int(flat[i]) - 1], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+    def wait_for_job(self, queue: str, timeout: float) -> bool:
+        """Block until ``queue`` holds a job, without taking it.
+
+        BLMOVE from a list onto its own right end moves the oldest job back where it was: an
+        atomic no-op that only returns once the list is non-empty, so an idle worker wakes
+        within a round trip of a push, whoever pushed it (Ruby Sidekiq included).
+        """
+        key = self.keys.queue(queue)
+        return self.client.blmove(key, key, timeout, "RIGHT", "RIGHT") is not None
+
+    def settle(self, identity: str, entries: Sequence[Settle], *, lane: str = "fetch",
+               guard: bool = False, now: float | None = None) -> list[int] | None:
+        """Move jobs out of an in-progress list; None if ``guard`` found the owner alive.
+
+        Returns one flag per entry: 1 if the job was still in the list and moved, else 0.
+        """
+        if not entries:
+            return []
+        now = time.time() if now is None else now
+        keys = [self.keys.wip(identity, lane), self.keys.process(identity), self.keys.queues]
+        args: list = ["1" if guard else "0", self.dead_max_jobs, repr(now - self.dead_timeout)]
+        for e in entries:
+            keys.append(self._dest_key(e))
+            extra = e.dest if e.kind in ("q", "l") else repr(e.score)
+            args.extend([e.kind, e.old, e.new, extra])
+        flags = self._settle(keys=keys, args=args)
+        if flags and flags[0] == -1:
+            return None
+        return [int(f) for f in flags]
+
+    def _dest_key(self, entry: Settle) -> str:
+        if entry.kind in ("q", "l"):
+            return self.keys.queue(entry.dest)
+        if entry.kind in ("z", "d"):
+            return self.keys.sorted_set(entry.dest if entry.kind == "z" else "dead")
+        return self.keys.wip_registry  # unused by "x"; any key name keeps KEYS aligned
+
+    def wip_items(self, identity: str, lane: str = "fetch") -> list[bytes]:
+        return self.client.lrange(self.keys.wip(identity, lane), 0, -1)
+
+    def claim_due(self, set_name: str, identity: str, now: float, limit: int) -> list[bytes]:
+        return self._due(keys=[self.keys.sorted_set(set_name), self.keys.wip(identity, "sched")],
+                         args=[repr(now), limit])
+
+    def next_due(self, set_names: Iterable[str]) -> float | None:
+        """Earliest score across the given sets (one round trip), or None if all are empty."""
+        pipe = self.client.pipeline(transaction=False)
+        for name in set_names:
+            pipe.zrange(self.keys.sorted_set(name), 0, 0, withscores=True)
+        scores = [rows[0][1] for rows in pipe.execute() if rows]
+        return min(scores) if scores else None
+
+    def add_dead(self, raw: bytes, now: float) -> None:
+        """Put a job straight into the dead set (trimmed), e.g. a malformed payload's record."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zadd(self.keys.dead, {raw: now})
+        pipe.zremrangebyscore(self.keys.dead, "-inf", f"({now - self.dead_timeout!r}")
+        pipe.zremrangebyrank(self.keys.dead, 0, -(self.dead_max_jobs + 1))
+        pipe.execute()
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def register(self, identity: str, info: str) -> None:
+        """Record that ``identity`` may own an in-progress list (before its first fetch)."""
+        self.client.hset(self.keys.wip_registry, identity, info)
+
+    def heartbeat(self, beat: Heartbeat, *, metrics: dict[str, dict] | None = None,
+                  now: float | None = None) -> list[str]:
+        """Write the process state and flush counters; return remote signals (TSTP / TERM).
+
+        ``metrics`` maps job name -> {field: increment} for this hour's bucket
+        (see ``stats.summarize``); buckets expire after METRICS_TTL.
+        """
+        now = time.time() if now is None else now
+        k, ident = self.keys, beat.identity
+        day = dt.datetime.fromtimestamp(now, dt.UTC).date()
+        pipe = self.client.pipeline(transaction=True)
+        pipe.sadd(k.processes, ident)
+        pipe.hset(k.process(ident), mapping={
+            "info": beat.info, "busy": beat.busy, "beat": repr(now),
+            "quiet": "true" if beat.quiet else "false", "rss": beat.rss_kb, "rtt_us": beat.rtt_us,
+        })
+        pipe.expire(k.process(ident), max(1, int(beat.ttl)))
+        pipe.hsetnx(k.wip_registry, ident, beat.info)
+        pipe.delete(k.work(ident))
+        if beat.work:
+            pipe.hset(k.work(ident), mapping=beat.work)
+            pipe.expire(k.work(ident), max(1, int(beat.ttl)))
+        for name, count in (("processed", beat.processed), ("failed", beat.failed)):
+            if count:
+                pipe.incrby(k.stat(name), count)
+                pipe.incrby(k.stat_daily(name, day), count)
+                pipe.expire(k.stat_daily(name, day), DAILY_STATS_TTL)
+        hour = int(now // 3600)
+        for name, fields in (metrics or {}).items():
+            for field_name, amount in fields.items():
+                pipe.hincrby(k.metrics(name, hour), field_name, amount)
+            pipe.expire(k.metrics(name, hour), METRICS_TTL)
+            pipe.sadd(k.metrics_names(hour), name)
+            pipe.expire(k.metrics_names(hour), METRICS_TTL)
+        pipe.lrange(k.signals(ident), 0, -1)
+        pipe.delete(k.signals(ident))
+        results = pipe.execute()
+        return [s.decode() for s in reversed(results[-2])]
+
+    def unregister(self, identity: str, *, guard: bool = False) -> int:
+        """Remove a process; returns jobs left in its in-progress lists (-1: guard found it)."""
+        k = self.keys
+        return self._unregister(
+            keys=[k.processes, k.process(identity), k.work(identity), k.wip(identity),
+                  k.wip(identity, "sched"), k.wip_registry],
+            args=[identity, "1" if guard else "0"])
+
+    def orphans(self) -> list[str]:
+        """Identities in the in-progress registry whose heartbeat hash has expired."""
+        identities = [i.decode() for i in self.client.hkeys(self.keys.wip_registry)]
+        if not identities:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for ident in identities:
+            pipe.exists(self.keys.process(ident))
+        return [i for i, alive in zip(identities, pipe.execute()) if not alive]
+
+    def signal(self, identity: str, name: str) -> None:
+        self.client.lpush(self.keys.signals(identity), name)
+
+    def round_trip_us(self) -> int:
+        start = time.perf_counter()
+        self.client.ping()
+        return int((time.perf_counter() - start) * 1e6)
+
+    def server_info(self) -> dict:
+        return self.client.info()
+
+    def config_get(self, name: str) -> dict:
+        return {k if isinstance(k, str) else k.decode(): v if isinstance(v, str) else v.decode()
+                for k, v in self.client.config_get(name).items()}
+
+

@@ -1,0 +1,1 @@
+"""The worker runtime: launcher (process) > manager (threads) > fetcher / processor / scheduler."""

@@ -1,0 +1,150 @@
+"""Reliable fetch: queue order, the in-progress record, reconciliation and orphan recovery.
+
+Every job a worker runs is first moved atomically (``fetch.lua``) from its queue into the
+process's in-progress list and leaves it only once finished, so a crash never loses one. The
+manager's fetcher thread is the only thread that adds to that list; it calls :meth:`fetch`.
+When a fetch call fails mid-flight (connection killed), Redis may or may not have moved jobs:
+:meth:`reconcile` compares the list with what the process knows it holds and adopts the rest.
+:func:`recover_orphans` (run by the heartbeat thread) returns the jobs of processes whose
+heartbeat expired to the head of their queues, or to dead after ``POISON_LIMIT`` recoveries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+from .. import payload
+from ..storage import Settle, Storage
+
+logger = logging.getLogger("django_kiq.fetcher")
+RECOVERIES_FIELD = "kiq_recoveries"
+
+
+def parse_queue_args(specs: Iterable[str]) -> tuple[list[tuple[str, int]], bool]:
+    """``["critical,3", "default"]`` -> ([("critical", 3), ("default", 1)], strict?)."""
+    queues: list[tuple[str, int]] = []
+    weighted = False
+    for spec in specs:
+        for part in str(spec).split():
+            name, _, weight = part.partition(",")
+            if weight:
+                weighted = True
+                if not weight.isdigit() or int(weight) < 1:
+                    raise ValueError(f"queue weight in {part!r} must be a positive integer")
+            queues.append((name, int(weight or 1)))
+    if not queues:
+        queues = [("default", 1)]
+    return queues, not weighted
+
+
+class QueueOrder:
+    """Strict order (as listed) or weighted random order, recomputed per fetch."""
+
+    def __init__(self, queues: Sequence[tuple[str, int]], strict: bool,
+                 rng: random.Random | None = None):
+        self.names = [name for name, _ in queues]
+        self.weights = [weight for _, weight in queues]
+        self.strict = strict or len(queues) == 1
+        self.rng = rng or random.Random()
+
+    def next(self) -> list[str]:
+        if self.strict:
+            return self.names
+        # Weighted shuffle without replacement: each queue's chance to come first is
+        # proportional to its weight, like Sidekiq's repeat-shuffle-uniq.
+        keys = [self.rng.random() ** (1.0 / w) for w in self.weights]
+        return [n for _, n in sorted(zip(keys, self.names), reverse=True)]
+
+
+class Fetcher:
+    def __init__(self, store: Storage, identity: str, order: QueueOrder):
+        self.store = store
+        self.identity = identity
+        self.order = order
+
+    def fetch(self, count: int, acks: Sequence[bytes]) -> list[tuple[str, bytes]]:
+        """Acknowledge ``acks`` and move up to ``count`` jobs into the in-progress list."""
+        return self.store.fetch(self.identity, self.order.next(), count, acks)
+
+    def reconcile(self, known: Iterable[bytes]) -> list[tuple[str, bytes]]:
+        """Jobs in our in-progress list that the process does not know it holds.
+
+        ``known`` must be taken *before* this call (running, buffered and unacknowledged
+        jobs): a job finished concurrently is then still in ``known``, so it is never adopted.
+        """
+        unknown = Counter(self.store.wip_items(self.identity)) - Counter(known)
+        adopted = []
+        for raw, times in unknown.items():
+            adopted.extend([(_queue_of(raw), raw)] * times)
+        if adopted:
+            logger.warning("reconciled %d job(s) fetched by a call whose reply was lost",
+                           len(adopted))
+        return adopted
+
+
+def _queue_of(raw: bytes) -> str:
+    try:
+        value = json.loads(raw).get("queue")
+    except (ValueError, AttributeError):
+        return "default"
+    return value if isinstance(value, str) and value else "default"
+
+
+def plan_recovery(raws: Sequence[bytes], *, identity: str, poison_limit: int,
+                  now: float) -> list[Settle]:
+    """Where each orphaned job goes: the head of its queue, or dead once it is a poison pill."""
+    entries = []
+    for raw in raws:
+        try:
+            job = payload.decode(raw)
+        except Exception as exc:  # noqa: BLE001 - a malformed orphan still must not vanish
+            record = payload.malformed_record(raw, queue="default", reason=str(exc), now=now)
+            entries.append(Settle(kind="d", old=raw, new=payload.encode(record), score=now))
+            continue
+        count = int(job.get(RECOVERIES_FIELD) or 0) + 1
+        job[RECOVERIES_FIELD] = count
+        if count >= poison_limit:
+            job.update({
+                "error_class": "django_kiq.PoisonJob", "failed_at": now,
+                "error_message": f"the process running this job died {count} times "
+                                 f"(last: {identity}); moved to dead instead of running again",
+            })
+            entries.append(Settle(kind="d", old=raw, new=payload.encode(job), score=now))
+        else:
+            entries.append(Settle(kind="q", old=raw, new=payload.encode(job),
+                                  dest=_queue_of(raw)))
+    return entries
+
+
+def plan_requeue(jobs: Iterable[tuple[str, bytes]]) -> list[Settle]:
+    """Jobs this process gives back on shutdown: unchanged, to the head of their queue."""
+    return [Settle(kind="q", old=raw, new=raw, dest=queue) for queue, raw in jobs]
+
+
+def recover_orphans(store: Storage, *, poison_limit: int, now: float | None = None) -> int:
+    """Recover every dead process's in-progress jobs; returns how many were moved."""
+    moved = 0
+    for identity in store.orphans():
+        now_ = time.time() if now is None else now
+        for lane in ("sched", "fetch"):
+            raws = store.wip_items(identity, lane)
+            if lane == "sched":  # the poller had not pushed these yet: no run happened
+                entries = [Settle(kind="l", old=raw, new=raw, dest=_queue_of(raw)) for raw in raws]
+            else:
+                entries = plan_recovery(raws, identity=identity, poison_limit=poison_limit,
+                                        now=now_)
+            flags = store.settle(identity, entries, lane=lane, guard=True, now=now_)
+            if flags is None:  # the owner came back to life
+                break
+            moved += sum(flags)
+        else:
+            store.unregister(identity, guard=True)
+            if moved:
+                logger.warning("recovered %d in-progress job(s) of dead process %s", moved,
+                               identity)
+    return moved

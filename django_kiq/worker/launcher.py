@@ -1,0 +1,236 @@
+"""The worker process: identity, signals, heartbeat, orphan recovery, start and stop.
+
+Runs in the main thread of ``manage.py kiq_worker``. It owns a :class:`Manager` (the processor
+threads and the fetcher), a :class:`Poller` (the ``kiq-scheduler`` thread) and the
+``kiq-heartbeat`` thread, which every ``HEARTBEAT_INTERVAL`` writes the process hash and the work
+hash, flushes counters, obeys remote signals and recovers the jobs of processes whose heartbeat
+expired. Signals: TERM/INT stop gracefully (a second INT stops at once), TSTP quiets, TTIN logs
+every thread's stack. Signal handlers only set flags; the main loop acts on them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+
+from .. import __version__
+from ..conf import KiqSettings
+from ..stats import Counters, summarize
+from ..storage import TRANSIENT_ERRORS, Heartbeat, Storage
+from .fetcher import Fetcher, QueueOrder, recover_orphans
+from .manager import Backoff, Manager
+from .processor import Processor
+from .scheduler import Poller
+
+logger = logging.getLogger("django_kiq.worker")
+
+
+def make_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"
+
+
+def rss_kb() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class Launcher:
+    def __init__(self, *, settings: KiqSettings, store: Storage, queues: list[tuple[str, int]],
+                 strict: bool, concurrency: int, timeout: float, tag: str = "",
+                 extra_threads: list[Callable[[], object]] | None = None):
+        self.settings = settings
+        self.store = store
+        self.queues = queues
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.tag = tag
+        self.identity = make_identity()
+        self.started_at = time.time()
+        self.counters = Counters()
+        order = QueueOrder(queues, strict)
+        self.manager = Manager(
+            store=store, fetcher=Fetcher(store, self.identity, order),
+            processor=Processor(settings=settings, counters=self.counters),
+            concurrency=concurrency, queues=[name for name, _ in queues])
+        self.poller = Poller(store=store, identity=self.identity, settings=settings)
+        self.extra = [factory() for factory in (extra_threads or [])]
+        self._stop_requested = threading.Event()
+        self._hard_stop = threading.Event()
+        self._heartbeat_stop = threading.Event()
+        self._dump_requested = threading.Event()
+        self._interrupts = 0
+
+    # -- the process ---------------------------------------------------------------------------
+
+    def info(self) -> dict:
+        return {
+            "hostname": socket.gethostname(), "started_at": self.started_at, "pid": os.getpid(),
+            "tag": self.tag, "concurrency": self.concurrency,
+            "queues": [name for name, _ in self.queues],
+            "weights": [{name: weight for name, weight in self.queues}], "labels": [],
+            "identity": self.identity, "version": __version__, "runtime": "django-kiq",
+        }
+
+    def run(self) -> int:
+        self._install_signals()
+        logger.info("django-kiq %s starting: identity=%s redis=%s queues=%s concurrency=%d",
+                    __version__, self.identity, self._redis_label(),
+                    ",".join(f"{n}:{w}" for n, w in self.queues), self.concurrency)
+        self._register()
+        self.manager.start()
+        self.poller.start()
+        for component in self.extra:
+            component.start()
+        heartbeat = threading.Thread(target=self._heartbeat_loop, name="kiq-heartbeat",
+                                     daemon=True)
+        heartbeat.start()
+        while not self._stop_requested.wait(timeout=0.2):
+            if self._dump_requested.is_set():
+                self._dump_requested.clear()
+                self.dump_threads()
+        self._shutdown(heartbeat)
+        return 0
+
+    def _redis_label(self) -> str:
+        kwargs = self.store.client.connection_pool.connection_kwargs
+        return f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}/" \
+               f"{kwargs.get('db', 0)}"
+
+    def _register(self) -> None:
+        """Announce ourselves before the first fetch; wait for Redis if it is down."""
+        backoff = Backoff("startup", self._stop_requested)
+        while not self._stop_requested.is_set():
+            try:
+                self.store.register(self.identity, json.dumps(self.info()))
+                self._beat()
+                recover_orphans(self.store, poison_limit=self.settings.poison_limit)
+                backoff.ok()
+                return
+            except TRANSIENT_ERRORS as exc:
+                backoff.failed(exc)
+
+    def _shutdown(self, heartbeat: threading.Thread) -> None:
+        hard = self._hard_stop.is_set()
+        deadline = time.monotonic() + (0 if hard else self.timeout)
+        logger.info("stopping: waiting up to %.1fs for %d running job(s)",
+                    max(0.0, deadline - time.monotonic()), self.manager.busy())
+        self.poller.stop()
+        for component in self.extra:
+            component.stop()
+        # A second INT while waiting shortens the deadline.
+        watcher = threading.Thread(target=self._watch_hard_stop, daemon=True)
+        watcher.start()
+        self._deadline = deadline
+        left = self.manager.stop(deadline)
+        for queue, raw, _ in left:
+            logger.warning("job pushed back to the head of %s: %.200s", queue, raw)
+        self._heartbeat_stop.set()
+        heartbeat.join(timeout=5)
+        self._final_beat()
+        logger.info("stopped (%d job(s) pushed back)", len(left))
+
+    def _watch_hard_stop(self) -> None:
+        self._hard_stop.wait()
+        self.manager.hard_deadline()
+
+    def _final_beat(self) -> None:
+        try:
+            self._flush_counters()
+            left = self.store.unregister(self.identity)
+            if left:
+                logger.error("%d job(s) could not be given back; another worker will recover "
+                             "them after PROCESS_TTL", left)
+        except TRANSIENT_ERRORS as exc:
+            logger.error("could not unregister (%s): another worker will recover any job left "
+                         "after PROCESS_TTL", exc)
+
+    # -- signals -------------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
+        signal.signal(signal.SIGINT, lambda *_: self._on_interrupt())
+        signal.signal(signal.SIGTSTP, lambda *_: self.quiet())
+        signal.signal(signal.SIGTTIN, lambda *_: self._dump_requested.set())
+
+    def _on_interrupt(self) -> None:
+        self._interrupts += 1
+        if self._interrupts > 1:
+            logger.warning("second interrupt: stopping now, pushing running jobs back")
+            self._hard_stop.set()
+        self.request_stop()
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+
+    def quiet(self) -> None:
+        logger.info("quiet: finishing running jobs, fetching no more")
+        threading.Thread(target=self.manager.quiet, name="kiq-quiet", daemon=True).start()
+
+    def dump_threads(self) -> None:
+        frames = sys._current_frames()
+        for thread in threading.enumerate():
+            frame = frames.get(thread.ident)
+            stack = "".join(traceback.format_stack(frame)) if frame else "(no frame)\n"
+            logger.warning("thread %s:\n%s", thread.name, stack)
+
+    # -- heartbeat -----------------------------------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        backoff = Backoff("heartbeat", self._heartbeat_stop)
+        while not self._heartbeat_stop.wait(self.settings.heartbeat_interval):
+            try:
+                for name in self._beat():
+                    self._obey(name)
+                recover_orphans(self.store, poison_limit=self.settings.poison_limit)
+                backoff.ok()
+            except TRANSIENT_ERRORS as exc:
+                backoff.failed(exc)
+            except Exception:
+                logger.exception("heartbeat failed; will try again")
+
+    def _obey(self, name: str) -> None:
+        if name == "TSTP":
+            self.quiet()
+        elif name == "TERM":
+            self.request_stop()
+        elif name == "TTIN":
+            self._dump_requested.set()
+
+    def _beat(self) -> list[str]:
+        processed, failed, timings, failures = self.counters.drain()
+        running = self.manager.running()
+        work = {
+            thread: json.dumps({"queue": queue, "payload": raw.decode("utf-8", "replace"),
+                                "run_at": started})
+            for thread, (queue, raw, started) in running.items()
+        }
+        beat = Heartbeat(identity=self.identity, info=json.dumps(self.info()),
+                         busy=len(running), quiet=self.manager.quiet_flag, rss_kb=rss_kb(),
+                         rtt_us=self._rtt(), work=work, ttl=self.settings.process_ttl,
+                         processed=processed, failed=failed)
+        try:
+            return self.store.heartbeat(beat, metrics=summarize(timings, failures))
+        except TRANSIENT_ERRORS:
+            self.counters.restore(processed, failed, timings, failures)
+            raise
+
+    def _flush_counters(self) -> None:
+        self._beat()
+
+    def _rtt(self) -> int:
+        try:
+            return self.store.round_trip_us()
+        except TRANSIENT_ERRORS:
+            return 0

@@ -1,0 +1,267 @@
+"""The thread pool of one worker process and the fetcher thread that feeds it.
+
+Threads (all named ``kiq-*``):
+- ``kiq-fetcher``: the only thread that moves jobs into the in-progress list. Each pass sends the
+  pending acknowledgements and fetches as many jobs as there are free processor slots in one
+  round trip (``fetch.lua``), then hands them to the processors through an in-memory buffer.
+- ``kiq-processor-N`` (concurrency of them): run one job at a time through the processor and
+  report the outcome. Done jobs are acknowledged in the fetcher's next pass; retries, deaths and
+  discards are written at once with ``settle.lua``.
+- ``kiq-wait-<queue>``: while the process is idle, block on a queue until it holds a job (a
+  non-destructive BLMOVE), then wake the fetcher; so pickup takes a round trip, not a poll.
+
+Lifecycle: ``start()``, then ``quiet()`` (fetch no more; buffered jobs go back to their queues),
+then ``stop(deadline)`` (wait for running jobs until the deadline, acknowledge what finished,
+push the rest back to the head of their queues).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from ..storage import TRANSIENT_ERRORS, Settle, Storage
+from .fetcher import Fetcher, plan_requeue
+from .processor import Outcome, Processor
+
+logger = logging.getLogger("django_kiq.manager")
+MAX_BACKOFF = 5.0
+
+
+class Backoff:
+    """Exponential back-off for a thread whose Redis calls fail; logs once per outage."""
+
+    def __init__(self, what: str, stop: threading.Event):
+        self.what = what
+        self.stop = stop
+        self.delay = 0.0
+
+    def failed(self, exc: Exception) -> None:
+        if self.delay == 0.0:
+            logger.warning("%s: Redis unavailable (%s); retrying", self.what, exc)
+        self.delay = min(MAX_BACKOFF, self.delay * 2 or 0.05)
+        self.stop.wait(self.delay)
+
+    def ok(self) -> None:
+        if self.delay:
+            logger.warning("%s: Redis is back", self.what)
+        self.delay = 0.0
+
+
+class Manager:
+    def __init__(self, *, store: Storage, fetcher: Fetcher, processor: Processor,
+                 concurrency: int, queues: list[str]):
+        self.store = store
+        self.fetcher = fetcher
+        self.processor = processor
+        self.concurrency = concurrency
+        self.queues = queues
+        self.identity = fetcher.identity
+        self._cond = threading.Condition()
+        self._buffer: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._running: dict[str, tuple[str, bytes, float]] = {}
+        self._acks: list[bytes] = []
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._quiet = threading.Event()
+        self._stop = threading.Event()
+        self._hard = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._processors: list[threading.Thread] = []
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for i in range(self.concurrency):
+            self._processors.append(self._spawn(f"kiq-processor-{i}", self._process_loop))
+        self._threads.append(self._spawn("kiq-fetcher", self._fetch_loop))
+        for queue in self.queues:
+            self._threads.append(self._spawn(f"kiq-wait-{queue}", self._wait_loop, queue))
+
+    def _spawn(self, name: str, target: Callable, *args) -> threading.Thread:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        return thread
+
+    @property
+    def quiet_flag(self) -> bool:
+        return self._quiet.is_set()
+
+    def quiet(self) -> None:
+        """Fetch no more jobs; give buffered (not yet started) jobs back to their queues."""
+        if self._quiet.is_set():
+            return
+        self._quiet.set()
+        self._idle.clear()
+        self._wake.set()
+        with self._cond:
+            buffered = list(self._buffer)
+            self._buffer.clear()
+            self._cond.notify_all()
+        if buffered:
+            self._settle_retrying(plan_requeue(buffered), deadline=time.monotonic() + 10)
+
+    def stop(self, deadline: float) -> list[tuple[str, bytes, float]]:
+        """Wait for running jobs until ``deadline`` (monotonic); requeue the rest.
+
+        Returns the jobs that were still running and were pushed back.
+        """
+        self.quiet()
+        with self._cond:
+            while self._running and time.monotonic() < deadline and not self._hard.is_set():
+                self._cond.wait(timeout=min(0.1, max(0.0, deadline - time.monotonic())))
+        self._stop.set()
+        self._wake.set()
+        with self._cond:
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=2)
+        self._flush_acks(deadline=time.monotonic() + 5)
+        with self._cond:
+            left = list(self._running.values())
+        if left:
+            self._settle_retrying(plan_requeue((q, raw) for q, raw, _ in left),
+                                  deadline=time.monotonic() + 5)
+        return left
+
+    def hard_deadline(self) -> None:
+        """Stop waiting for running jobs now (a second interrupt)."""
+        self._hard.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    # -- introspection (heartbeat, TTIN) -------------------------------------------------------
+
+    def busy(self) -> int:
+        with self._cond:
+            return len(self._running)
+
+    def running(self) -> dict[str, tuple[str, bytes, float]]:
+        with self._cond:
+            return dict(self._running)
+
+    def _known(self) -> list[bytes]:
+        with self._cond:
+            return ([raw for _, raw, _ in self._running.values()] +
+                    [raw for _, raw in self._buffer] + list(self._acks))
+
+    # -- processor threads ---------------------------------------------------------------------
+
+    def _process_loop(self) -> None:
+        name = threading.current_thread().name
+        while True:
+            with self._cond:
+                while not self._buffer and not self._stop.is_set():
+                    self._cond.wait(timeout=1.0)
+                if not self._buffer:
+                    return
+                queue, raw = self._buffer.popleft()
+                self._running[name] = (queue, raw, time.time())
+            outcome = self.processor.process(queue, raw, name)
+            self._finish(name, outcome)
+
+    def _finish(self, name: str, outcome: Outcome) -> None:
+        if outcome.kind != "done":
+            entry = self._settle_entry(outcome)
+            # Until this succeeds the job stays in the in-progress list (and in _running, so a
+            # reconcile never adopts it); if Redis never comes back, orphan recovery reruns it.
+            self._settle_retrying([entry], deadline=None)
+        with self._cond:
+            if outcome.kind == "done":
+                self._acks.append(outcome.raw)
+            self._running.pop(name, None)
+            self._cond.notify_all()
+        self._wake.set()
+
+    @staticmethod
+    def _settle_entry(outcome: Outcome) -> Settle:
+        if outcome.kind == "retry":
+            return Settle(kind="z", old=outcome.raw, new=outcome.new, dest="retry",
+                          score=outcome.at)
+        if outcome.kind == "dead":
+            return Settle(kind="d", old=outcome.raw, new=outcome.new, score=outcome.at)
+        return Settle(kind="x", old=outcome.raw)
+
+    def _settle_retrying(self, entries: list[Settle], deadline: float | None) -> bool:
+        backoff = Backoff(f"settle in {self.identity}", threading.Event())
+        while True:
+            try:
+                self.store.settle(self.identity, entries)
+                backoff.ok()
+                return True
+            except TRANSIENT_ERRORS as exc:
+                if deadline is not None and time.monotonic() >= deadline:
+                    logger.error("could not write %d job outcome(s); they stay in progress "
+                                 "and will be recovered", len(entries))
+                    return False
+                backoff.failed(exc)
+
+    # -- fetcher thread ------------------------------------------------------------------------
+
+    def _fetch_loop(self) -> None:
+        backoff = Backoff("fetcher", self._stop)
+        reconcile = False
+        while not self._stop.is_set():
+            with self._cond:
+                acks, self._acks = self._acks, []
+                free = 0 if self._quiet.is_set() else (
+                    self.concurrency - len(self._running) - len(self._buffer))
+            if free <= 0 and not acks:
+                self._idle.clear()
+                self._wake.wait(timeout=1.0)
+                self._wake.clear()
+                continue
+            try:
+                if reconcile:
+                    self._dispatch(self.fetcher.reconcile(self._known() + acks))
+                    reconcile = False
+                jobs = self.fetcher.fetch(max(free, 0), acks)
+            except TRANSIENT_ERRORS as exc:
+                with self._cond:
+                    self._acks[:0] = acks  # LREM is harmless to repeat if it did run
+                reconcile = True
+                backoff.failed(exc)
+                continue
+            backoff.ok()
+            self._dispatch(jobs)
+            if jobs or free <= 0:
+                self._idle.clear()
+                continue
+            self._idle.set()
+            self._wake.wait(timeout=2.0)
+            self._wake.clear()
+
+    def _dispatch(self, jobs: list[tuple[str, bytes]]) -> None:
+        if jobs:
+            with self._cond:
+                self._buffer.extend(jobs)
+                self._cond.notify_all()
+
+    def _flush_acks(self, deadline: float) -> None:
+        with self._cond:
+            acks, self._acks = self._acks, []
+        backoff = Backoff("final acknowledgements", threading.Event())
+        while acks and time.monotonic() < deadline:
+            try:
+                self.fetcher.fetch(0, acks)
+                return
+            except TRANSIENT_ERRORS as exc:
+                backoff.failed(exc)
+
+    # -- queue waiters -------------------------------------------------------------------------
+
+    def _wait_loop(self, queue: str) -> None:
+        backoff = Backoff(f"waiter on {queue}", self._stop)
+        while not self._stop.is_set():
+            if not self._idle.wait(timeout=1.0) or self._quiet.is_set():
+                continue
+            try:
+                if self.store.wait_for_job(queue, timeout=1.0):
+                    self._idle.clear()
+                    self._wake.set()
+                backoff.ok()
+            except TRANSIENT_ERRORS as exc:
+                backoff.failed(exc)

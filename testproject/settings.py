@@ -1,0 +1,91 @@
+"""Settings of the runnable demo project, also used by the test suite.
+
+Environment variables (all optional) let the demo script and the tests point the project at a
+Redis of their own and shorten worker timings without editing this file.
+"""
+
+import os
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "django-kiq-demo-not-secret")
+DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_kiq",
+    "testproject.demo",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "testproject.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ.get("KIQ_DEMO_DB", str(BASE_DIR / "db.sqlite3")),
+    }
+}
+
+USE_TZ = True
+TIME_ZONE = "UTC"
+STATIC_URL = "static/"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+
+def _env_float(name):
+    value = os.environ.get(name)
+    return float(value) if value else None
+
+
+KIQ = {
+    "REDIS_URL": os.environ.get("KIQ_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    "NAMESPACE": os.environ.get("KIQ_NAMESPACE", ""),
+    "IMPORTS": [m for m in os.environ.get("KIQ_IMPORTS", "").split(",") if m],
+}
+# Tests shorten the worker's timings through the environment of the subprocess they start.
+for _key in ("PROCESS_TTL", "HEARTBEAT_INTERVAL", "POISON_LIMIT", "CONCURRENCY"):
+    _value = _env_float(f"KIQ_{_key}")
+    if _value is not None:
+        KIQ[_key] = int(_value) if _key in ("POISON_LIMIT", "CONCURRENCY") else _value
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "django_kiq": {"handlers": ["console"], "level": os.environ.get("KIQ_LOG_LEVEL", "INFO")},
+    },
+}
