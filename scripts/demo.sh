@@ -71,7 +71,7 @@ manage kiq_demo
 
 # Python itself, not the `manage` function: a function in the background runs in a subshell,
 # and TERM sent to that subshell would not reach the worker.
-"$VENV_PY" manage.py kiq_worker -c 5 >"$WORKER_LOG" 2>&1 &
+"$VENV_PY" manage.py kiq_worker -c 5 -q default -q slow >"$WORKER_LOG" 2>&1 &
 WORKER_PID=$!
 
 PORT="$(pick_port "${KIQ_DEMO_PORT:-8000}")"

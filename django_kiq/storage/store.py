@@ -18,6 +18,8 @@ from pathlib import Path
 import redis
 
 from .keys import Keys
+from .periodic import PeriodicOps
+from .sets import SetOps
 
 LUA_DIR = Path(__file__).with_name("lua")
 PUSH_BATCH = 1000
@@ -58,7 +60,7 @@ class Heartbeat:
     failed: int
 
 
-class Storage:
+class Storage(SetOps, PeriodicOps):
     def __init__(self, client: redis.Redis, keys: Keys, *, dead_max_jobs: int = 10_000,
                  dead_timeout: float = 180 * 24 * 3600):
         self.client = client
@@ -69,6 +71,11 @@ class Storage:
         self._settle = self._script("settle")
         self._due = self._script("due")
         self._unregister = self._script("unregister")
+
+        self._init_scripts()
+
+    def _init_scripts(self) -> None:
+        """Mixins register their own scripts here (each calls super()._init_scripts())."""
 
     def _script(self, name: str):
         return self.client.register_script((LUA_DIR / f"{name}.lua").read_text())
