@@ -6,4 +6,5 @@ A mixin of :class:`~django_kiq.storage.store.Storage`: methods use ``self.client
 
 
 class PeriodicOps:
-    pass
+    def _register_periodic_scripts(self) -> None:
+        """Called by ``Storage.__init__``: register this mixin's Lua scripts."""

@@ -7,4 +7,5 @@ A mixin of :class:`~django_kiq.storage.store.Storage`: methods use ``self.client
 
 
 class SetOps:
-    pass
+    def _register_set_scripts(self) -> None:
+        """Called by ``Storage.__init__``: register this mixin's Lua scripts."""

@@ -72,10 +72,8 @@ class Storage(SetOps, PeriodicOps):
         self._due = self._script("due")
         self._unregister = self._script("unregister")
 
-        self._init_scripts()
-
-    def _init_scripts(self) -> None:
-        """Mixins register their own scripts here (each calls super()._init_scripts())."""
+        self._register_set_scripts()
+        self._register_periodic_scripts()
 
     def _script(self, name: str):
         return self.client.register_script((LUA_DIR / f"{name}.lua").read_text())
