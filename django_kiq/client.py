@@ -93,11 +93,12 @@ def submit_payloads(jobs: list[dict[str, Any]], settings: KiqSettings | None = N
 
         return testing.submit(jobs, settings)
     chain = client_chain(settings)
-    accepted = [j for j in (chain(job) for job in jobs) if j is not None]
+    # Middleware may return a new dict rather than the one it was given: pair results by position.
+    results = [chain(job) for job in jobs]
+    accepted = [j for j in results if j is not None]
     for job in accepted:
         check_size(job, settings)
-    kept = {id(j) for j in accepted}
-    jids = [job["jid"] if id(job) in kept else None for job in jobs]
+    jids = [job["jid"] if job is not None else None for job in results]
     if not accepted:
         return jids
     if settings.enqueue_on_commit and transaction.get_connection().in_atomic_block:

@@ -234,6 +234,8 @@ def job(func: Callable | None = None, /, **options: Any):
             raise TypeError("use @job(...) with keyword options, not @job(func, ...)")
         return Job(register(func, {}))
 
+    validate_options(options, where="@job(...)")  # fail before the function is even defined
+
     def decorate(f: Callable) -> Job:
         return Job(register(f, dict(options)))
 

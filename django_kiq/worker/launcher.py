@@ -134,7 +134,7 @@ class Launcher:
         watcher.start()
         self._deadline = deadline
         left = self.manager.stop(deadline)
-        for queue, raw, _ in left:
+        for queue, raw, _, _ in left:
             logger.warning("job pushed back to the head of %s: %.200s", queue, raw)
         self._heartbeat_stop.set()
         heartbeat.join(timeout=5)
@@ -214,7 +214,7 @@ class Launcher:
         work = {
             thread: json.dumps({"queue": queue, "payload": raw.decode("utf-8", "replace"),
                                 "run_at": started})
-            for thread, (queue, raw, started) in running.items()
+            for thread, (queue, raw, started, _) in running.items()
         }
         beat = Heartbeat(identity=self.identity, info=json.dumps(self.info()),
                          busy=len(running), quiet=self.manager.quiet_flag, rss_kb=rss_kb(),

@@ -18,6 +18,7 @@ push the rest back to the head of their queues).
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import threading
 import time
@@ -62,7 +63,9 @@ class Manager:
         self.identity = fetcher.identity
         self._cond = threading.Condition()
         self._buffer: collections.deque[tuple[str, bytes]] = collections.deque()
-        self._running: dict[str, tuple[str, bytes, float]] = {}
+        # thread name -> (queue, payload, started at, start sequence number)
+        self._running: dict[str, tuple[str, bytes, float, int]] = {}
+        self._sequence = itertools.count()
         self._acks: list[bytes] = []
         self._wake = threading.Event()
         self._idle = threading.Event()
@@ -102,9 +105,11 @@ class Manager:
             self._buffer.clear()
             self._cond.notify_all()
         if buffered:
-            self._settle_retrying(plan_requeue(buffered), deadline=time.monotonic() + 10)
+            # RPUSH newest first, so the oldest ends up at the head again, in the same order.
+            self._settle_retrying(plan_requeue(reversed(buffered)),
+                                  deadline=time.monotonic() + 10)
 
-    def stop(self, deadline: float) -> list[tuple[str, bytes, float]]:
+    def stop(self, deadline: float) -> list[tuple[str, bytes, float, int]]:
         """Wait for running jobs until ``deadline`` (monotonic); requeue the rest.
 
         Returns the jobs that were still running and were pushed back.
@@ -121,9 +126,10 @@ class Manager:
             thread.join(timeout=2)
         self._flush_acks(deadline=time.monotonic() + 5)
         with self._cond:
-            left = list(self._running.values())
+            # Started later = fetched later: push those first so the oldest ends at the head.
+            left = sorted(self._running.values(), key=lambda r: r[3], reverse=True)
         if left:
-            self._settle_retrying(plan_requeue((q, raw) for q, raw, _ in left),
+            self._settle_retrying(plan_requeue((q, raw) for q, raw, _, _ in left),
                                   deadline=time.monotonic() + 5)
         return left
 
@@ -139,13 +145,13 @@ class Manager:
         with self._cond:
             return len(self._running)
 
-    def running(self) -> dict[str, tuple[str, bytes, float]]:
+    def running(self) -> dict[str, tuple[str, bytes, float, int]]:
         with self._cond:
             return dict(self._running)
 
     def _known(self) -> list[bytes]:
         with self._cond:
-            return ([raw for _, raw, _ in self._running.values()] +
+            return ([raw for _, raw, _, _ in self._running.values()] +
                     [raw for _, raw in self._buffer] + list(self._acks))
 
     # -- processor threads ---------------------------------------------------------------------
@@ -159,7 +165,7 @@ class Manager:
                 if not self._buffer:
                     return
                 queue, raw = self._buffer.popleft()
-                self._running[name] = (queue, raw, time.time())
+                self._running[name] = (queue, raw, time.time(), next(self._sequence))
             outcome = self.processor.process(queue, raw, name)
             self._finish(name, outcome)
 

@@ -1,0 +1,150 @@
+"""Fixtures shared by the whole suite: a Redis database of this run's own, and subprocess workers.
+
+The run claims one Redis DB (15 down to 1) with ``SET kiq:test-claim <token> NX`` on a DB that is
+empty, and between tests empties only that DB (FLUSHDB and the claim re-set in one Lua call).
+Nothing else on the server is touched. Subprocess workers get the claimed URL through
+``KIQ_REDIS_URL`` and short timings through the ``KIQ_*`` variables testproject/settings.py reads.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from django.test import override_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+CLAIM_KEY = "kiq:test-claim"
+CLAIM_TTL = 3 * 3600
+BASE_URL = os.environ.get("KIQ_REDIS_URL", "redis://127.0.0.1:6379/0")
+RESET = "redis.call('FLUSHDB'); return redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])"
+
+
+def _url_for_db(db: int) -> str:
+    base = BASE_URL.rsplit("/", 1)[0] if BASE_URL.count("/") > 2 else BASE_URL
+    return f"{base}/{db}"
+
+
+def _claim_db() -> tuple[str, str]:
+    token = secrets.token_hex(8)
+    for db in range(15, 0, -1):
+        url = _url_for_db(db)
+        client = redis.Redis.from_url(url)
+        try:
+            if client.dbsize() == 0 and client.set(CLAIM_KEY, token, nx=True, ex=CLAIM_TTL):
+                return url, token
+        finally:
+            client.close()
+    raise RuntimeError(f"no empty Redis DB (1-15) to claim at {BASE_URL}")
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    url, token = _claim_db()
+    client = redis.Redis.from_url(url)
+    os.environ["KIQ_REDIS_URL"] = url
+    override = override_settings(KIQ={"REDIS_URL": url, "POLL_INTERVAL_MAX": 0.2})
+    override.enable()
+    yield url
+    override.disable()
+    if client.get(CLAIM_KEY) == token.encode():
+        client.eval(RESET, 1, CLAIM_KEY, token, 1)
+        client.delete(CLAIM_KEY)
+    client.close()
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    token = client.get(CLAIM_KEY)
+    assert token, "lost the claim on the test Redis DB"
+    client.eval(RESET, 1, CLAIM_KEY, token, CLAIM_TTL)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def store(redis_client):
+    from django_kiq import storage
+
+    return storage.get_default()
+
+
+@pytest.fixture(autouse=True)
+def _clean_redis(request):
+    """Every test starts with an empty claimed DB (only tests that use Redis pay for it)."""
+    if "redis_client" not in request.fixturenames and "store" not in request.fixturenames:
+        if request.node.get_closest_marker("redis"):
+            request.getfixturevalue("redis_client")
+    yield
+
+
+class WorkerProcess:
+    """A ``manage.py kiq_worker`` subprocess; output goes to a file the test can read."""
+
+    def __init__(self, args, env, log_path: Path):
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), "kiq_worker", *args],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def send(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self._log.close()
+
+
+@pytest.fixture
+def worker_factory(redis_client, redis_url, tmp_path):
+    """Start subprocess workers: ``worker_factory("-c", "5", env={"KIQ_PROCESS_TTL": "3"})``."""
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> WorkerProcess:
+        full_env = {
+            **os.environ, "KIQ_REDIS_URL": redis_url, "KIQ_IMPORTS": "tests.jobs",
+            "KIQ_HEARTBEAT_INTERVAL": "0.5", "KIQ_PROCESS_TTL": "3", "PYTHONUNBUFFERED": "1",
+            "DJANGO_SETTINGS_MODULE": "testproject.settings", "KIQ_LOG_LEVEL": "INFO",
+            **(env or {}),
+        }
+        worker = WorkerProcess(list(args), full_env, tmp_path / f"worker-{len(started)}.log")
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.kill()
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, message: str = ""):
+    """Poll ``predicate`` until it returns a truthy value; fail with ``message`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(message or f"condition not met within {timeout}s")
+        time.sleep(interval)
