@@ -59,8 +59,8 @@ def record_failure(job: dict[str, Any], exc: BaseException, now: float) -> dict[
     job["error_message"] = str(exc)[:ERROR_MESSAGE_LIMIT]
     lines = job.get("backtrace")
     if lines:
-        trace = traceback.format_exception(type(exc), exc, exc.__traceback__)
-        flat = "".join(trace).splitlines()
+        # The frames only (the message is in error_message), innermost last, as Python prints.
+        flat = "".join(traceback.format_tb(exc.__traceback__)).splitlines()
         job["error_backtrace"] = flat if lines is True else flat[-int(lines):]
     return job
 

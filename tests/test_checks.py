@@ -1,0 +1,81 @@
+"""System checks: wrong settings are errors with ids; eviction policy is a warning."""
+
+import socket
+import subprocess
+
+import pytest
+import redis
+from django.conf import settings
+from django.test import override_settings
+
+from django_kiq.checks import check_redis, check_settings
+from tests.conftest import wait_for
+
+
+def _ids(**kiq):
+    with override_settings(KIQ={**settings.KIQ, **kiq}):
+        return sorted({e.id for e in check_settings()})
+
+
+def test_valid_settings_pass():
+    assert _ids() == []
+
+
+@pytest.mark.parametrize("kiq, error_id", [
+    ({"CONCURENCY": 5}, "django_kiq.E002"),
+    ({"CONCURRENCY": "5"}, "django_kiq.E003"),
+    ({"CONCURRENCY": 0}, "django_kiq.E003"),
+    ({"TIMEOUT": True}, "django_kiq.E003"),
+    ({"HEARTBEAT_INTERVAL": 40, "PROCESS_TTL": 60}, "django_kiq.E004"),
+    ({"REDIS_URL": 6379}, "django_kiq.E005"),
+    ({"REDIS_CACHE_ALIAS": "nope"}, "django_kiq.E006"),
+    ({"QUEUES": "default"}, "django_kiq.E008"),
+    ({"QUEUES": ["bad queue"]}, "django_kiq.E008"),
+    ({"IMPORTS": "tests.jobs"}, "django_kiq.E009"),
+    ({"TESTING": "yes"}, "django_kiq.E010"),
+    ({"PERIODIC": [{"job": "tests.jobs.record", "cron": "whenever"}]}, "django_kiq.E013"),
+    ({"PERIODIC": [{"cron": "* * * * *"}]}, "django_kiq.E012"),
+])
+def test_bad_settings_are_errors(kiq, error_id):
+    assert error_id in _ids(**kiq)
+
+
+def test_settings_not_a_dict():
+    with override_settings(KIQ=["x"]):
+        assert [e.id for e in check_settings()] == ["django_kiq.E001"]
+
+
+def test_eviction_policy_warning(tmp_path):
+    # A private server: the shared one's configuration is not ours to change.
+    port = _free_port()
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "",
+                               "--appendonly", "no", "--maxmemory-policy", "allkeys-lru",
+                               "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        client = redis.Redis(port=port)
+        wait_for(lambda: _pings(client))
+        with override_settings(KIQ={**settings.KIQ, "REDIS_URL": f"redis://127.0.0.1:{port}/0"}):
+            assert [w.id for w in check_redis()] == ["django_kiq.W001"]
+            client.config_set("maxmemory-policy", "noeviction")
+            assert check_redis() == []
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _pings(client):
+    try:
+        return client.ping()
+    except redis.ConnectionError:
+        return False
+
+
+def test_redis_unreachable_warning(redis_url):
+    with override_settings(KIQ={**settings.KIQ, "REDIS_URL": "redis://127.0.0.1:1/0"}):
+        assert [w.id for w in check_redis()] == ["django_kiq.W002"]
