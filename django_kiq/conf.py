@@ -35,7 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "SERVER_MIDDLEWARE": [],
     "PERIODIC": [],
     "TESTING": None,
-    "POLL_INTERVAL_MAX": 1.0,
+    "POLL_INTERVAL_MAX": 0.5,
     "MAX_PAYLOAD_BYTES": 1024 * 1024,
     "TAG": "",
 }

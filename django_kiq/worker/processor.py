@@ -164,7 +164,7 @@ class Processor:
                                 now=self.now(), retry_in=options.retry_in if options else None)
         self._run_handlers(self.error_handlers, exc, {"job": decision.job, "queue": ctx.queue})
         if decision.exhausted and decision.reason != "retry disabled":
-            if options and options.on_exhausted:
+            if options and options.on_exhausted and decision.reason.startswith("retries"):
                 self._run_handlers([options.on_exhausted], decision.job, exc)
             self._run_handlers(self.death_handlers, decision.job, exc)
         return decision
