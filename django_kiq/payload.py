@@ -68,8 +68,12 @@ def build(*, name: str, args: tuple | list, kwargs: dict, queue: str, now: float
     return job
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False)
+
+
 def encode(job: dict[str, Any]) -> bytes:
-    return json.dumps(job, separators=(",", ":"), ensure_ascii=False).encode()
+    # One shared encoder: json.dumps would build a new one per call on this hot path.
+    return _ENCODER.encode(job).encode()
 
 
 def decode(raw: bytes | str) -> dict[str, Any]:

@@ -61,7 +61,10 @@ class Manager:
         self.concurrency = concurrency
         self.queues = queues
         self.identity = fetcher.identity
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        # One lock, two conditions: processors wait for work, stop() waits for running jobs.
+        self._cond = threading.Condition(lock)
+        self._drained = threading.Condition(lock)
         self._buffer: collections.deque[tuple[str, bytes]] = collections.deque()
         # thread name -> (queue, payload, started at, start sequence number)
         self._running: dict[str, tuple[str, bytes, float, int]] = {}
@@ -115,9 +118,9 @@ class Manager:
         Returns the jobs that were still running and were pushed back.
         """
         self.quiet()
-        with self._cond:
+        with self._drained:
             while self._running and time.monotonic() < deadline and not self._hard.is_set():
-                self._cond.wait(timeout=min(0.1, max(0.0, deadline - time.monotonic())))
+                self._drained.wait(timeout=min(0.1, max(0.0, deadline - time.monotonic())))
         self._stop.set()
         self._wake.set()
         with self._cond:
@@ -136,8 +139,8 @@ class Manager:
     def hard_deadline(self) -> None:
         """Stop waiting for running jobs now (a second interrupt)."""
         self._hard.set()
-        with self._cond:
-            self._cond.notify_all()
+        with self._drained:
+            self._drained.notify_all()
 
     # -- introspection (heartbeat, TTIN) -------------------------------------------------------
 
@@ -179,7 +182,8 @@ class Manager:
             if outcome.kind == "done":
                 self._acks.append(outcome.raw)
             self._running.pop(name, None)
-            self._cond.notify_all()
+            if not self._running:
+                self._drained.notify_all()
         self._wake.set()
 
     @staticmethod
@@ -244,7 +248,7 @@ class Manager:
         if jobs:
             with self._cond:
                 self._buffer.extend(jobs)
-                self._cond.notify_all()
+                self._cond.notify(len(jobs))
 
     def _flush_acks(self, deadline: float) -> None:
         with self._cond:
