@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -39,12 +39,17 @@ MODES = ("inline", "fake")
 #: Every job hash collected in fake mode, oldest first, as Redis would hold it.
 jobs: list[dict[str, Any]] = []
 _lock = threading.Lock()
+_server_chains: dict[tuple[str, ...], Callable] = {}
 
 
 # -- the hook the client calls ---------------------------------------------------------------
 
-def submit(job_hashes: list[dict[str, Any]], settings: KiqSettings) -> list[str | None]:
-    """Client middleware and size check, then run (inline) or collect (fake); no Redis."""
+def submit(job_hashes: list[dict[str, Any]], settings: KiqSettings, *,
+           on_commit: bool | None = None) -> list[str | None]:
+    """Client middleware and size check, then run (inline) or collect (fake); no Redis.
+
+    ``on_commit`` overrides ``KIQ["ENQUEUE_ON_COMMIT"]``, as for ``client.submit_payloads``.
+    """
     if settings.testing not in MODES:
         raise ImproperlyConfigured(
             f"KIQ['TESTING'] is {settings.testing!r}; use None, 'inline' or 'fake'")
@@ -56,7 +61,8 @@ def submit(job_hashes: list[dict[str, Any]], settings: KiqSettings) -> list[str 
     jids = [job["jid"] if job is not None else None for job in results]
     if not accepted:
         return jids
-    if settings.enqueue_on_commit and transaction.get_connection().in_atomic_block:
+    defer = settings.enqueue_on_commit if on_commit is None else on_commit
+    if defer and transaction.get_connection().in_atomic_block:
         transaction.on_commit(lambda: _deliver(accepted, settings))
     else:
         _deliver(accepted, settings)
@@ -78,7 +84,7 @@ def _deliver(accepted: list[dict[str, Any]], settings: KiqSettings) -> None:
 
 
 def _enqueued(job: dict[str, Any], now: float) -> dict[str, Any]:
-    """The hash as a worker fetches it: no ``at``, stamped ``enqueued_at`` (as push and poller do)."""
+    """The hash as a worker fetches it: no ``at``, a fresh ``enqueued_at`` (as push_now does)."""
     job = {key: value for key, value in job.items() if key != "at"}
     job["enqueued_at"] = now
     return job
@@ -91,16 +97,25 @@ def _run(job: dict[str, Any], settings: KiqSettings) -> Any:
 
     The hash is encoded and decoded first, so the job receives what a worker would receive.
     """
-    settings = settings or get_settings()
     raw = payload.encode(job)
     decoded = payload.decode(raw)
     ctx = JobContext(raw=raw, queue=str(decoded.get("queue") or "default"), job=decoded,
                      definition=registry.get(decoded["class"]),
                      thread=threading.current_thread().name)
-    # The worker's own innermost call (UnknownJob, kwargs, async jobs), without its built-in
-    # retry/stats/log middleware, whose job is to turn the exception into an outcome.
-    processor = Processor(settings=settings, counters=Counters())
-    return build_chain(settings.server_middleware, processor._call)(ctx)
+    return _server_chain(settings)(ctx)
+
+
+def _server_chain(settings: KiqSettings) -> Callable:
+    """Built once per middleware list, as a worker builds its chain once per process."""
+    key = settings.server_middleware
+    chain = _server_chains.get(key)
+    if chain is None:
+        # The worker's own innermost call (UnknownJob, kwargs, async jobs), without its built-in
+        # log/stats/retry middleware, whose job is to turn the exception into an outcome.
+        processor = Processor(settings=settings, counters=Counters())
+        with _lock:
+            chain = _server_chains[key] = build_chain(key, processor._call)
+    return chain
 
 
 # -- fake mode: inspect, drain, clear --------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from django.conf import settings
 from django.test import override_settings
 
@@ -91,6 +92,7 @@ def _process(store, job_obj, *args):
     return jid, outcome
 
 
+@pytest.mark.django_db(transaction=True)
 def test_failed_job_goes_to_retry_set_and_comes_back(store, redis_client):
     jid, outcome = _process(store, jobs.fail, "boom")
     assert outcome.kind == "retry"
@@ -110,6 +112,7 @@ def test_failed_job_goes_to_retry_set_and_comes_back(store, redis_client):
     assert redis_client.zcard("retry") == 0 and redis_client.llen("kiq:wip:test:2:def|sched") == 0
 
 
+@pytest.mark.django_db(transaction=True)
 def test_exhausted_job_dead_with_backtrace_and_handlers(store, redis_client):
     seen = []
     with override_settings(KIQ={**settings.KIQ,
@@ -125,6 +128,7 @@ def test_exhausted_job_dead_with_backtrace_and_handlers(store, redis_client):
     assert seen == [("tests.jobs.fail_to_dead", "fatal")]
 
 
+@pytest.mark.django_db(transaction=True)
 def test_no_retry_job_is_discarded(store):
     _, outcome = _process(store, jobs.fail_no_retry)
     assert outcome.kind == "discard"
