@@ -95,11 +95,13 @@ def validate_options(options: dict[str, Any], *, where: str) -> None:
 
 
 def validate_cron(expression: str, timezone: str | None, *, where: str) -> None:
-    from croniter import croniter
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-    if not isinstance(expression, str) or not croniter.is_valid(expression):
-        raise ValueError(f"{where}: {expression!r} is not a valid cron expression")
+    from .periodic import is_valid_cron
+
+    if not is_valid_cron(expression):
+        raise ValueError(f"{where}: {expression!r} is not a valid cron expression (5 fields, "
+                         "or 6 with seconds first, or @hourly/@daily/...)")
     if timezone is not None:
         try:
             ZoneInfo(timezone)

@@ -4,6 +4,7 @@ Environment variables (all optional) let the demo script and the tests point the
 Redis of their own and shorten worker timings without editing this file.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -79,6 +80,17 @@ for _key in ("PROCESS_TTL", "HEARTBEAT_INTERVAL", "POISON_LIMIT", "CONCURRENCY")
     _value = _env_float(f"KIQ_{_key}")
     if _value is not None:
         KIQ[_key] = int(_value) if _key in ("POISON_LIMIT", "CONCURRENCY") else _value
+if os.environ.get("KIQ_PERIODIC"):  # a JSON list of KIQ["PERIODIC"] entries
+    KIQ["PERIODIC"] = json.loads(os.environ["KIQ_PERIODIC"])
+
+# Django's own @task API runs on django-kiq workers too (docs/django-tasks.md).
+TASKS = {
+    "default": {
+        "BACKEND": "django_kiq.tasks.KiqBackend",
+        "QUEUES": ["default", "mail"],
+        "OPTIONS": {"result_ttl": 86400, "retry": 0, "enqueue_on_commit": True},
+    },
+}
 
 LOGGING = {
     "version": 1,

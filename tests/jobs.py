@@ -149,3 +149,9 @@ def mem_chain(depth):
     MEMORY.append(depth)
     if depth > 0:
         mem_chain.enqueue(depth - 1)
+
+
+@job
+def record_lateness(key, scheduled_at):
+    """Append how late this run started against its scheduled time (bench/scheduled_precision.py)."""
+    _redis().rpush(key, repr(time.time() - scheduled_at))

@@ -49,7 +49,7 @@ def rss_kb() -> int:
 class Launcher:
     def __init__(self, *, settings: KiqSettings, store: Storage, queues: list[tuple[str, int]],
                  strict: bool, concurrency: int, timeout: float, tag: str = "",
-                 extra_threads: list[Callable[[], object]] | None = None):
+                 extra_threads: list[Callable[["Launcher"], object]] | None = None):
         self.settings = settings
         self.store = store
         self.queues = queues
@@ -65,7 +65,8 @@ class Launcher:
             processor=Processor(settings=settings, counters=self.counters),
             concurrency=concurrency, queues=[name for name, _ in queues])
         self.poller = Poller(store=store, identity=self.identity, settings=settings)
-        self.extra = [factory() for factory in (extra_threads or [])]
+        # Factories get the launcher (identity, store) and return objects with start()/stop().
+        self.extra = [factory(self) for factory in (extra_threads or [])]
         self._stop_requested = threading.Event()
         self._hard_stop = threading.Event()
         self._heartbeat_stop = threading.Event()

@@ -6,12 +6,14 @@ import logging
 import sys
 
 from django.core.checks import Tags
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
-from django_kiq import __version__, storage
+from django_kiq import __version__, periodic, storage
 from django_kiq.conf import get_settings
 from django_kiq.worker.fetcher import parse_queue_args
 from django_kiq.worker.launcher import Launcher
+from django_kiq.worker.periodic import CronTicker
 
 
 class Command(BaseCommand):
@@ -39,12 +41,19 @@ class Command(BaseCommand):
         concurrency = options["concurrency"] or settings.concurrency
         if concurrency < 1:
             raise CommandError("--concurrency must be at least 1")
+        try:
+            entries = periodic.entries(settings)
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from None
         self._configure_logging(options["verbosity"])
         launcher = Launcher(
             settings=settings, store=storage.get_default(), queues=queues, strict=strict,
             concurrency=concurrency,
             timeout=settings.timeout if options["timeout"] is None else options["timeout"],
-            tag=options["tag"] if options["tag"] is not None else settings.tag)
+            tag=options["tag"] if options["tag"] is not None else settings.tag,
+            extra_threads=[lambda launcher: CronTicker(
+                store=launcher.store, identity=launcher.identity, settings=settings,
+                entries=entries)] if entries else [])
         self.stdout.write(self._banner(launcher))
         sys.exit(launcher.run())
 
