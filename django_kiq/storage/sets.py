@@ -41,6 +41,7 @@ class SetOps:
         self._set_move = self._script("set_move")
         self._set_kill = self._script("set_kill")
         self._set_kill_batch = self._script("set_kill_batch")
+        self._set_requeue_batch = self._script("set_requeue_batch")
 
     # -- queues --------------------------------------------------------------------------------
 
@@ -118,6 +119,19 @@ class SetOps:
             keys.append(self.keys.queue(queue))
             args.extend([old, new, queue])
         return [int(f) for f in self._set_move(keys=keys, args=args)]
+
+    def set_requeue_batch(self, set_name: str, queues: Sequence[str], offset: int, count: int,
+                          now: float) -> tuple[int, int, str | None]:
+        """Move up to ``count`` members from rank ``offset`` onto their queues, server-side.
+
+        Returns (moved, malformed members skipped, a queue name missing from ``queues`` that
+        stopped the batch or None); see set_requeue_batch.lua.
+        """
+        keys = [self.keys.sorted_set(set_name), self.keys.queues,
+                *(self.keys.queue(q) for q in queues)]
+        moved, skipped, unknown = self._set_requeue_batch(
+            keys=keys, args=[repr(now), offset, count, *queues])
+        return int(moved), int(skipped), None if unknown is None else _text(unknown)
 
     def set_kill(self, set_name: str, raws: Sequence[bytes], now: float) -> int:
         """Move members, unchanged, to the dead set (score ``now``) and trim it."""

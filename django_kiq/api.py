@@ -1,0 +1,552 @@
+"""The read/manage API: see and act on queues, job sets, processes, stats and metrics.
+
+Used by the admin, shells and scripts, in whatever thread calls it; every object is a thin
+handle over the storage layer (``storage.get_default()`` unless ``store=`` is given) and holds no
+state besides its name, except :class:`Stats`, a snapshot read at construction. All paging
+happens in Redis. A :class:`JobRecord` keeps the exact member bytes, so deleting or moving it
+acts on that very member and never rewrites a job by accident.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import datetime as dt
+import hashlib
+import json
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from . import payload, storage
+from .exceptions import MalformedPayload
+from .stats import HISTOGRAM_MS
+
+PAGE = 25
+SCAN_PAGE = 1000  # members per LRANGE / ZSCAN step while searching
+BATCH = 1000  # members moved per Lua call by retry_all / kill_all
+DEFAULT_QUEUE = "default"
+STANDIN_PREFIX = "raw-"  # jid of a member that has none (malformed): a digest of its bytes
+
+
+# -- records ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobRecord:
+    """One job as found in Redis. ``key`` identifies the entry: ``f"{score!r}|{jid}"`` in a
+    sorted set, the jid in a queue. Malformed members have ``malformed=True``, ``fields={}`` and a
+    stand-in jid ``raw-<digest of the bytes>``."""
+
+    jid: str
+    name: str
+    args: list
+    kwargs: dict
+    queue: str
+    enqueued_at: float | None
+    created_at: float | None
+    retry_count: int | None
+    error_class: str | None
+    error_message: str | None
+    error_backtrace: list[str] | None
+    failed_at: float | None
+    score: float | None
+    fields: dict
+    raw: bytes
+    malformed: bool
+    key: str
+
+    @property
+    def display_name(self) -> str:
+        if self.malformed:
+            return "(malformed payload)"
+        for field_name in ("display_class", "wrapped"):
+            value = self.fields.get(field_name)
+            if isinstance(value, str) and value:
+                return value
+        return self.name
+
+
+def decode_record(raw: bytes, score: float | None = None) -> JobRecord:
+    try:
+        job = payload.decode(raw)
+    except MalformedPayload:
+        jid = _standin_jid(raw)
+        return JobRecord(jid=jid, name="", args=[], kwargs={}, queue="", enqueued_at=None,
+                         created_at=None, retry_count=None, error_class=None, error_message=None,
+                         error_backtrace=None, failed_at=None, score=score, fields={}, raw=raw,
+                         malformed=True, key=_entry_key(score, jid))
+    jid = job.get("jid") if isinstance(job.get("jid"), str) and job["jid"] else _standin_jid(raw)
+    return JobRecord(
+        jid=jid, name=job["class"], args=job["args"], kwargs=job.get("kwargs", {}),
+        queue=_str(job.get("queue")) or DEFAULT_QUEUE, enqueued_at=_epoch(job.get("enqueued_at")),
+        created_at=_epoch(job.get("created_at")), retry_count=_int(job.get("retry_count")),
+        error_class=_str(job.get("error_class")), error_message=_str(job.get("error_message")),
+        error_backtrace=_backtrace(job.get("error_backtrace")),
+        failed_at=_epoch(job.get("failed_at")), score=score, fields=job, raw=raw,
+        malformed=False, key=_entry_key(score, jid))
+
+
+def _standin_jid(raw: bytes) -> str:
+    return STANDIN_PREFIX + hashlib.blake2b(raw, digest_size=8).hexdigest()
+
+
+def _entry_key(score: float | None, jid: str) -> str:
+    return jid if score is None else f"{score!r}|{jid}"
+
+
+def _parse_key(key: str) -> tuple[float, str]:
+    score, sep, jid = key.partition("|")
+    try:
+        if sep:
+            return float(score), jid
+    except ValueError:
+        pass
+    raise ValueError(f"{key!r} is not a job set key ('<score>|<jid>')")
+
+
+def _epoch(value: Any) -> float | None:
+    """Epoch seconds from a float (Sidekiq <= 7) or integer milliseconds (Sidekiq 8)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value / 1000 if value > 1e11 else float(value)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _backtrace(value: Any) -> list[str] | None:
+    """A list of lines, or Ruby Sidekiq 6+'s base64 of zlib-deflated JSON."""
+    if isinstance(value, list):
+        return [str(line) for line in value]
+    if isinstance(value, str):
+        try:
+            lines = json.loads(zlib.decompress(base64.b64decode(value)))
+        except (ValueError, zlib.error):
+            return [value]
+        return [str(line) for line in lines] if isinstance(lines, list) else [value]
+    return None
+
+
+def _latency(oldest: bytes | None, now: float | None) -> float:
+    if oldest is None:
+        return 0.0
+    record = decode_record(oldest)
+    since = record.enqueued_at or record.created_at
+    if since is None:
+        return 0.0
+    return max(0.0, (time.time() if now is None else now) - since)
+
+
+def _requeue_plan(raw: bytes, now: float) -> tuple[bytes, bytes, str] | None:
+    """(old member, payload to push, queue) for one entry moved to its queue; None if malformed.
+
+    Python's json round trip keeps every number and key as it was (cjson in Lua would not).
+    ``retry_count`` is kept, ``at`` dropped, ``enqueued_at`` set to now.
+    """
+    try:
+        job = payload.decode(raw)
+    except MalformedPayload:
+        return None
+    job.pop("at", None)
+    job["enqueued_at"] = now
+    queue = job.get("queue")
+    return raw, payload.encode(job), queue if isinstance(queue, str) and queue else DEFAULT_QUEUE
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "\\*?[]" else c for c in text)
+
+
+# -- stats ------------------------------------------------------------------------------------
+
+class Stats:
+    """The summary bar: counters and sizes, read once at construction (two round trips)."""
+
+    def __init__(self, *, store: storage.Storage | None = None, now: float | None = None):
+        snap = (store or storage.get_default()).stats_snapshot(DEFAULT_QUEUE)
+        self.processed: int = snap["processed"]
+        self.failed: int = snap["failed"]
+        self.enqueued: int = snap["enqueued"]
+        self.busy: int = snap["busy"]
+        self.scheduled_size: int = snap["scheduled_size"]
+        self.retry_size: int = snap["retry_size"]
+        self.dead_size: int = snap["dead_size"]
+        self.processes_size: int = snap["processes_size"]
+        self.default_queue_latency: float = _latency(snap["default_oldest"], now)
+
+    @classmethod
+    def history(cls, days: int, now: float | None = None, *,
+                store: storage.Storage | None = None) -> list[tuple[dt.date, int, int]]:
+        """(UTC day, processed, failed) for the last ``days`` days, oldest first (one MGET)."""
+        today = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.UTC).date()
+        dates = [today - dt.timedelta(days=i) for i in range(days - 1, -1, -1)]
+        counts = (store or storage.get_default()).daily_stats(dates)
+        return [(day, p, f) for day, (p, f) in zip(dates, counts)]
+
+    @classmethod
+    def redis_info(cls, *, store: storage.Storage | None = None) -> dict:
+        info = (store or storage.get_default()).server_info()
+        names = ("redis_version", "uptime_in_days", "connected_clients", "used_memory_human",
+                 "used_memory_peak_human", "maxmemory_policy")
+        return {name: info.get(name) for name in names}
+
+
+# -- queues -----------------------------------------------------------------------------------
+
+class Queue:
+    """A queue list: jobs are pushed on the left and run from the right."""
+
+    def __init__(self, name: str, *, store: storage.Storage | None = None):
+        self.name = name
+        self._store = store or storage.get_default()
+
+    def __repr__(self) -> str:
+        return f"<Queue {self.name}>"
+
+    @classmethod
+    def all(cls, *, store: storage.Storage | None = None) -> list[Queue]:
+        store = store or storage.get_default()
+        return [cls(name, store=store) for name in store.queue_names()]
+
+    def size(self) -> int:
+        return self._store.queue_size(self.name)
+
+    def latency(self, now: float | None = None) -> float:
+        """Seconds the next job to run has waited (0 when the queue is empty)."""
+        return _latency(self._store.queue_oldest(self.name), now)
+
+    def jobs(self, offset: int = 0, limit: int = PAGE) -> list[JobRecord]:
+        """A page of jobs in run order: the next to run first."""
+        if limit <= 0 or offset < 0:
+            return []
+        raws = self._store.queue_range(self.name, -(offset + limit), -(offset + 1))
+        return [decode_record(raw) for raw in reversed(raws)]
+
+    def find(self, jid: str) -> JobRecord | None:
+        """Scan the list a page at a time from the newest end (consumers take from the other
+        end, so pops do not shift the pages still to read)."""
+        needle, standin = jid.encode(), jid.startswith(STANDIN_PREFIX)
+        start = 0
+        while True:
+            raws = self._store.queue_range(self.name, start, start + SCAN_PAGE - 1)
+            for raw in raws:
+                if standin or needle in raw:
+                    record = decode_record(raw)
+                    if record.jid == jid:
+                        return record
+            if len(raws) < SCAN_PAGE:
+                return None
+            start += SCAN_PAGE
+
+    def delete(self, jid_or_record: str | JobRecord) -> bool:
+        record = (jid_or_record if isinstance(jid_or_record, JobRecord)
+                  else self.find(jid_or_record))
+        return record is not None and self._store.queue_remove(self.name, record.raw) > 0
+
+    def clear(self) -> int:
+        """Delete every job and forget the queue; returns how many jobs it held."""
+        return self._store.queue_clear(self.name)
+
+    @property
+    def paused(self) -> bool:
+        return self._store.queue_paused(self.name)
+
+    def pause(self) -> None:
+        self._store.pause_queue(self.name)
+
+    def resume(self) -> None:
+        self._store.resume_queue(self.name)
+
+
+# -- job sets ---------------------------------------------------------------------------------
+
+class JobSet:
+    """A sorted set of jobs (score = run-at or death time). Actions take keys or records and
+    return how many entries they acted on; an entry someone else moved first is not counted."""
+
+    name: ClassVar[str]
+    newest_first: ClassVar[bool] = False
+    can_kill: ClassVar[bool] = True
+
+    def __init__(self, *, store: storage.Storage | None = None):
+        self._store = store or storage.get_default()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+    def size(self) -> int:
+        return self._store.set_size(self.name)
+
+    def jobs(self, offset: int = 0, limit: int = PAGE) -> list[JobRecord]:
+        if limit <= 0 or offset < 0:
+            return []
+        rows = self._store.set_range(self.name, offset, offset + limit - 1,
+                                     reverse=self.newest_first)
+        return [decode_record(raw, score) for raw, score in rows]
+
+    def get(self, key: str) -> JobRecord | None:
+        score, jid = _parse_key(key)
+        offset = 0
+        while rows := self._store.set_at_score(self.name, score, offset, SCAN_PAGE):
+            for raw, at in rows:
+                record = decode_record(raw, at)
+                if record.jid == jid:
+                    return record
+            offset += len(rows)
+        return None
+
+    def find(self, jid: str) -> JobRecord | None:
+        pattern = "*" if jid.startswith(STANDIN_PREFIX) else f"*{_glob_escape(jid)}*"
+        for raw, score in self._scan(pattern):
+            record = decode_record(raw, score)
+            if record.jid == jid:
+                return record
+        return None
+
+    def filter(self, substring: str, limit: int = 100) -> list[JobRecord]:
+        """Entries whose raw JSON contains ``substring`` (case-sensitive), at most ``limit``."""
+        found: list[JobRecord] = []
+        for raw, score in self._scan(f"*{_glob_escape(substring)}*") if limit > 0 else ():
+            found.append(decode_record(raw, score))
+            if len(found) >= limit:
+                break
+        found.sort(key=lambda r: r.score or 0.0, reverse=self.newest_first)
+        return found
+
+    def _scan(self, pattern: str) -> Iterator[tuple[bytes, float]]:
+        cursor, seen = 0, set()
+        while True:
+            cursor, rows = self._store.set_scan(self.name, cursor, pattern, SCAN_PAGE)
+            for raw, score in rows:
+                if raw not in seen:  # ZSCAN may return a member twice
+                    seen.add(raw)
+                    yield raw, score
+            if cursor == 0:
+                return
+
+    def _resolve(self, items: Iterable[str | JobRecord]) -> list[JobRecord]:
+        if isinstance(items, (str, JobRecord)):
+            items = [items]
+        records = []
+        for item in items:
+            record = item if isinstance(item, JobRecord) else self.get(item)
+            if record is not None:
+                records.append(record)
+        return records
+
+    # entry actions
+
+    def retry_now(self, items: Iterable[str | JobRecord], now: float | None = None) -> int:
+        """Push entries onto their queue now (``enqueued_at`` = now, ``retry_count`` kept).
+        Malformed entries cannot run and stay where they are."""
+        now = time.time() if now is None else now
+        plans = [_requeue_plan(r.raw, now) for r in self._resolve(items)]
+        return sum(self._store.set_to_queues(self.name, [p for p in plans if p]))
+
+    def enqueue_now(self, items: Iterable[str | JobRecord], now: float | None = None) -> int:
+        return self.retry_now(items, now)
+
+    def delete(self, items: Iterable[str | JobRecord]) -> int:
+        return self._store.set_remove(self.name, [r.raw for r in self._resolve(items)])
+
+    def kill(self, items: Iterable[str | JobRecord], now: float | None = None) -> int:
+        """Move entries, byte for byte, to the dead set (score = now), which is then trimmed."""
+        self._check_kill()
+        now = time.time() if now is None else now
+        return self._store.set_kill(self.name, [r.raw for r in self._resolve(items)], now)
+
+    def _check_kill(self) -> None:
+        if not self.can_kill:
+            raise TypeError(f"{type(self).__name__} has no kill: its jobs are dead already")
+
+    # set-wide actions, in batches of BATCH per round trip
+
+    def retry_all(self, now: float | None = None) -> int:
+        """Push every well-formed entry onto its queue, server-side, BATCH per call; malformed
+        entries stay in the set. Members move byte for byte except for a fresh ``enqueued_at``
+        (see set_requeue_batch.lua). Bounded by the size at the start, so jobs added meanwhile
+        cannot keep it looping."""
+        queues = {*self._store.queue_names(), DEFAULT_QUEUE}
+        moved = skipped = 0
+        budget = self.size()
+        while budget > 0:
+            stamp = time.time() if now is None else now
+            done, bad, unknown = self._store.set_requeue_batch(
+                self.name, sorted(queues), skipped, BATCH, stamp)
+            moved, skipped, budget = moved + done, skipped + bad, budget - done - bad
+            if unknown is not None:
+                queues.add(unknown)  # a queue not registered yet: call again with its key
+            elif done + bad < BATCH:
+                break
+        return moved
+
+    def enqueue_all(self, now: float | None = None) -> int:
+        return self.retry_all(now)
+
+    def delete_all(self) -> int:
+        return self._store.set_clear(self.name)
+
+    def kill_all(self, now: float | None = None) -> int:
+        """Move every entry (malformed ones too), byte for byte, to the dead set."""
+        self._check_kill()
+        moved, budget = 0, self.size()
+        while budget > 0:
+            count = self._store.set_kill_batch(self.name, time.time() if now is None else now,
+                                               BATCH)
+            moved += count
+            budget -= count
+            if count < BATCH:
+                break
+        return moved
+
+
+class ScheduledSet(JobSet):
+    """Jobs waiting for their run-at time, soonest first."""
+
+    name = "schedule"
+
+
+class RetrySet(JobSet):
+    """Failed jobs waiting for their next attempt, soonest first."""
+
+    name = "retry"
+
+
+class DeadSet(JobSet):
+    """Jobs that ran out of retries (the morgue), most recent death first."""
+
+    name = "dead"
+    newest_first = True
+    can_kill = False
+
+
+# -- processes --------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkRecord:
+    process: str
+    thread: str
+    queue: str
+    run_at: float | None
+    job: JobRecord
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessRecord:
+    identity: str
+    hostname: str
+    pid: int | None
+    tag: str
+    queues: list[str]
+    concurrency: int | None
+    started_at: float | None
+    busy: int
+    beat: float | None
+    quiet: bool
+    rss_kb: int
+    rtt_us: int
+    version: str
+    info: dict
+    work: list[WorkRecord]
+
+
+def _parse(text: str | None, cast: Callable[[str], Any]) -> Any:
+    try:
+        return cast(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _work_record(identity: str, thread: str, value: str) -> WorkRecord:
+    entry = _parse(value, json.loads)
+    entry = entry if isinstance(entry, dict) else {}
+    job = entry.get("payload", "")
+    # Sidekiq 7+ stores the job as a JSON string, Sidekiq 6 as an object.
+    raw = job.encode() if isinstance(job, str) else json.dumps(job).encode()
+    return WorkRecord(process=identity, thread=thread, queue=_str(entry.get("queue")) or "",
+                      run_at=_epoch(entry.get("run_at")), job=decode_record(raw))
+
+
+def _process_record(identity: str, state: dict[str, str], work: dict[str, str]) -> ProcessRecord:
+    info = _parse(state.get("info"), json.loads)
+    info = info if isinstance(info, dict) else {}
+    return ProcessRecord(
+        identity=identity, hostname=str(info.get("hostname", "")), pid=_int(info.get("pid")),
+        tag=str(info.get("tag") or ""), queues=[str(q) for q in info.get("queues") or []],
+        concurrency=_int(info.get("concurrency")), started_at=_epoch(info.get("started_at")),
+        busy=_parse(state.get("busy"), int) or 0, beat=_parse(state.get("beat"), float),
+        quiet=state.get("quiet") == "true", rss_kb=_parse(state.get("rss"), int) or 0,
+        rtt_us=_parse(state.get("rtt_us"), int) or 0, version=str(info.get("version") or ""),
+        info=info, work=sorted((_work_record(identity, t, v) for t, v in work.items()),
+                               key=lambda w: w.thread))
+
+
+class ProcessSet:
+    """Live worker processes; remote quiet (TSTP) and stop (TERM) through their signal lists."""
+
+    def __init__(self, *, store: storage.Storage | None = None):
+        self._store = store or storage.get_default()
+
+    def list(self) -> builtins.list[ProcessRecord]:
+        """Processes with a live heartbeat, sorted by identity (expired ones are pruned)."""
+        return [_process_record(*state) for state in self._store.process_states()]
+
+    def quiet(self, identity: str) -> None:
+        self._store.send_signal([identity], "TSTP")
+
+    def stop(self, identity: str) -> None:
+        self._store.send_signal([identity], "TERM")
+
+    def quiet_all(self) -> int:
+        return self._signal_all("TSTP")
+
+    def stop_all(self) -> int:
+        return self._signal_all("TERM")
+
+    def _signal_all(self, name: str) -> int:
+        identities = [p.identity for p in self.list()]
+        self._store.send_signal(identities, name)
+        return len(identities)
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobMetrics:
+    name: str
+    processed: int
+    failed: int
+    total_seconds: float
+    avg_seconds: float
+    histogram: list[int]  # counts per bucket of stats.HISTOGRAM_MS, the last one "longer"
+
+
+class Metrics:
+    """Per job name execution metrics from the hourly buckets the workers write."""
+
+    def __init__(self, *, store: storage.Storage | None = None):
+        self._store = store or storage.get_default()
+
+    def summary(self, hours: int, now: float | None = None) -> list[JobMetrics]:
+        """Totals over the last ``hours`` hours (the current one included), sorted by name."""
+        current = int((time.time() if now is None else now) // 3600)
+        totals: dict[str, dict[str, int]] = {}
+        for _, name, fields in self._store.metrics_read(range(current - hours + 1, current + 1)):
+            acc = totals.setdefault(name, {})
+            for field_name, value in fields.items():
+                acc[field_name] = acc.get(field_name, 0) + value
+        return [_job_metrics(name, totals[name]) for name in sorted(totals)]
+
+
+def _job_metrics(name: str, fields: dict[str, int]) -> JobMetrics:
+    processed, total = fields.get("p", 0), fields.get("ms", 0) / 1000
+    return JobMetrics(name=name, processed=processed, failed=fields.get("f", 0),
+                      total_seconds=total, avg_seconds=total / processed if processed else 0.0,
+                      histogram=[fields.get(f"h{i}", 0) for i in range(len(HISTOGRAM_MS) + 1)])
