@@ -81,30 +81,36 @@ def _submit(job_obj, items: list[tuple[tuple, dict]], at: float | None) -> list[
     return submit_payloads(jobs, settings)
 
 
-def submit_payloads(jobs: list[dict[str, Any]], settings: KiqSettings | None = None,
+def submit_payloads(jobs: list[dict[str, Any]], settings: KiqSettings | None = None, *,
+                    on_commit: bool | None = None,
+                    push: Callable[[list[dict[str, Any]], KiqSettings], None] | None = None,
                     ) -> list[str | None]:
     """Run client middleware over ready job hashes and push (or schedule) the survivors.
 
     Also the entry point for callers that build hashes themselves (django.tasks backend, API).
+    ``on_commit`` overrides ``KIQ["ENQUEUE_ON_COMMIT"]`` for these jobs; ``push`` replaces
+    :func:`push_now` as the writer (the django.tasks backend writes a result record with each job).
     """
     settings = settings or get_settings()
     if settings.testing:
         from . import testing
 
-        return testing.submit(jobs, settings)
+        return testing.submit(jobs, settings, on_commit=on_commit)
     chain = client_chain(settings)
     # Middleware may return a new dict rather than the one it was given: pair results by position.
     results = [chain(job) for job in jobs]
     accepted = [j for j in results if j is not None]
-    for job in accepted:
-        check_size(job, settings)
     jids = [job["jid"] if job is not None else None for job in results]
     if not accepted:
         return jids
-    if settings.enqueue_on_commit and transaction.get_connection().in_atomic_block:
-        transaction.on_commit(lambda: push_now(accepted, settings))
+    writer = push or push_now
+    defer = settings.enqueue_on_commit if on_commit is None else on_commit
+    if defer and transaction.get_connection().in_atomic_block:
+        for job in accepted:  # a too-large job must fail here, not at commit time
+            check_size(job, settings)
+        transaction.on_commit(lambda: writer(accepted, settings))
     else:
-        push_now(accepted, settings)
+        writer(accepted, settings)  # encodes each job once and checks its size before writing
     return jids
 
 
@@ -117,8 +123,8 @@ def client_chain(settings: KiqSettings) -> Callable:
     return chain
 
 
-def check_size(job: dict[str, Any], settings: KiqSettings) -> None:
-    size = len(payload.encode(job))
+def check_size(job: dict[str, Any], settings: KiqSettings, raw: bytes | None = None) -> None:
+    size = len(payload.encode(job) if raw is None else raw)
     if size > settings.max_payload_bytes:
         raise PayloadTooLarge(
             f"job {job['class']} ({job['jid']}) encodes to {size:,} bytes, over "
@@ -126,19 +132,29 @@ def check_size(job: dict[str, Any], settings: KiqSettings) -> None:
             "elsewhere and pass a reference")
 
 
-def push_now(jobs: list[dict[str, Any]], settings: KiqSettings | None = None) -> None:
-    """Write jobs to Redis now: due ones to their queue, future ones to the schedule set."""
-    store = storage.get_default()
-    now = time.time()
+def encode_for_push(jobs: list[dict[str, Any]], settings: KiqSettings, now: float,
+                    ) -> tuple[list[tuple[str, bytes]], list[tuple[float, bytes]]]:
+    """(queue, payload) pairs due now and (at, payload) pairs for later; sizes checked."""
     immediate, scheduled = [], []
     for job in jobs:
         at = job.get("at")
         if at is not None and at > now:
-            scheduled.append((at, payload.encode(job)))
+            raw = payload.encode(job)
+            scheduled.append((at, raw))
         else:
             job.pop("at", None)
             job["enqueued_at"] = now
-            immediate.append((job["queue"], payload.encode(job)))
+            raw = payload.encode(job)
+            immediate.append((job["queue"], raw))
+        check_size(job, settings, raw)
+    return immediate, scheduled
+
+
+def push_now(jobs: list[dict[str, Any]], settings: KiqSettings | None = None) -> None:
+    """Write jobs to Redis now: due ones to their queue, future ones to the schedule set."""
+    settings = settings or get_settings()
+    store = storage.get_default()
+    immediate, scheduled = encode_for_push(jobs, settings, time.time())
     try:
         if immediate:
             store.push(immediate)

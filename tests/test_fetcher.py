@@ -104,3 +104,16 @@ def test_poison_counting(store):
     assert entry.kind == "d" and json.loads(entry.new)["error_class"] == "django_kiq.PoisonJob"
     [entry] = plan_recovery([raw], identity="h:1:p", poison_limit=4, now=5.0)
     assert entry.kind == "q" and entry.dest == "q"
+
+
+def test_paused_queue_is_skipped_until_resumed(store, redis_client):
+    from django_kiq import api
+
+    jobs.record.enqueue("d")
+    jobs.record_other.enqueue("o")
+    api.Queue("default").pause()
+    fetcher = Fetcher(store, "h:5:p", QueueOrder([("default", 1), ("other", 1)], True))
+    got = fetcher.fetch(5, [])
+    assert [q for q, _ in got] == ["other"] and fetcher.paused == {"default"}
+    api.Queue("default").resume()
+    assert [q for q, _ in fetcher.fetch(5, [])] == ["default"] and fetcher.paused == set()

@@ -87,7 +87,7 @@ def test_retry_queue_option():
 def _process(store, job_obj, *args):
     jid = job_obj.enqueue(*args)
     processor = Processor(settings=get_settings(), counters=Counters())
-    [(queue, raw)] = store.fetch("test:1:abc", ["default"], 1)
+    [(queue, raw)], _ = store.fetch("test:1:abc", ["default"], 1)
     outcome = processor.process(queue, raw, "t0")
     return jid, outcome
 

@@ -101,3 +101,7 @@ class Keys:
 
     def metrics_names(self, hour: int) -> str:
         return self._k(f"kiq:metrics:{hour}")
+
+    def task_result(self, result_id: str) -> str:
+        """HASH: one django.tasks result (status, timestamps, attempts, errors), with a TTL."""
+        return self._k(f"kiq:task:{result_id}")

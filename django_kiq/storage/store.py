@@ -19,6 +19,7 @@ import redis
 
 from .keys import Keys
 from .periodic import PeriodicOps
+from .results import ResultOps
 from .sets import SetOps
 
 LUA_DIR = Path(__file__).with_name("lua")
@@ -60,7 +61,7 @@ class Heartbeat:
     failed: int
 
 
-class Storage(SetOps, PeriodicOps):
+class Storage(SetOps, PeriodicOps, ResultOps):
     def __init__(self, client: redis.Redis, keys: Keys, *, dead_max_jobs: int = 10_000,
                  dead_timeout: float = 180 * 24 * 3600):
         self.client = client
@@ -74,6 +75,7 @@ class Storage(SetOps, PeriodicOps):
 
         self._register_set_scripts()
         self._register_periodic_scripts()
+        self._register_result_scripts()
 
     def _script(self, name: str):
         return self.client.register_script((LUA_DIR / f"{name}.lua").read_text())
@@ -81,13 +83,19 @@ class Storage(SetOps, PeriodicOps):
     # -- client side -------------------------------------------------------------------------
 
     def push(self, items: Sequence[tuple[str, bytes]]) -> None:
-        """LPUSH each (queue, payload) and register its queue; one MULTI per 1,000 jobs."""
+        """LPUSH each (queue, payload) and register its queue; one MULTI per 1,000 jobs.
+
+        Jobs for one queue go in a single variadic LPUSH, which keeps their order (the first
+        pushed ends nearest the head, so it runs first).
+        """
         for start in range(0, len(items), PUSH_BATCH):
-            pipe = self.client.pipeline(transaction=True)
-            for queue in {q for q, _ in items[start:start + PUSH_BATCH]}:
-                pipe.sadd(self.keys.queues, queue)
+            by_queue: dict[str, list[bytes]] = {}
             for queue, raw in items[start:start + PUSH_BATCH]:
-                pipe.lpush(self.keys.queue(queue), raw)
+                by_queue.setdefault(queue, []).append(raw)
+            pipe = self.client.pipeline(transaction=True)
+            pipe.sadd(self.keys.queues, *by_queue)
+            for queue, raws in by_queue.items():
+                pipe.lpush(self.keys.queue(queue), *raws)
             pipe.execute()
 
     def schedule(self, items: Sequence[tuple[float, bytes]], set_name: str = "schedule") -> None:
@@ -98,10 +106,19 @@ class Storage(SetOps, PeriodicOps):
     # -- worker: fetch, wait, settle ---------------------------------------------------------
 
     def fetch(self, identity: str, queues: Sequence[str], count: int,
-              acks: Sequence[bytes] = ()) -> list[tuple[str, bytes]]:
-        keys = [self.keys.wip(identity), *(self.keys.queue(q) for q in queues)]
-        flat = self._fetch(keys=keys, args=[count, len(acks), *acks])
-        return [(queues[int(flat[i]) - 1], flat[i + 1]) for i in range(0, len(flat), 2)]
+              acks: Sequence[bytes] = ()) -> tuple[list[tuple[str, bytes]], set[str]]:
+        """Ack ``acks``, move up to ``count`` jobs into the in-progress list.
+
+        Returns the (queue, payload) pairs fetched and the names of the paused queues skipped.
+        """
+        keys = [self.keys.wip(identity), self.keys.paused_queues,
+                *(self.keys.queue(q) for q in queues)]
+        flat = self._fetch(keys=keys, args=[count, len(acks), *acks, *queues])
+        npaused = int(flat[0])
+        paused = {queues[int(i) - 1] for i in flat[1:1 + npaused]}
+        rest = flat[1 + npaused:]
+        jobs = [(queues[int(rest[i]) - 1], rest[i + 1]) for i in range(0, len(rest), 2)]
+        return jobs, paused
 
     def wait_for_job(self, queue: str, timeout: float) -> bool:
         """Block until ``queue`` holds a job, without taking it.

@@ -66,10 +66,13 @@ class Fetcher:
         self.store = store
         self.identity = identity
         self.order = order
+        self.paused: frozenset[str] = frozenset()  # as of the last fetch
 
     def fetch(self, count: int, acks: Sequence[bytes]) -> list[tuple[str, bytes]]:
         """Acknowledge ``acks`` and move up to ``count`` jobs into the in-progress list."""
-        return self.store.fetch(self.identity, self.order.next(), count, acks)
+        jobs, paused = self.store.fetch(self.identity, self.order.next(), count, acks)
+        self.paused = frozenset(paused)
+        return jobs
 
     def reconcile(self, known: Iterable[bytes]) -> list[tuple[str, bytes]]:
         """Jobs in our in-progress list that the process does not know it holds.

@@ -268,6 +268,9 @@ class Manager:
         while not self._stop.is_set():
             if not self._idle.wait(timeout=1.0) or self._quiet.is_set():
                 continue
+            if queue in self.fetcher.paused:  # a paused queue with jobs would wake us at once
+                self._stop.wait(1.0)
+                continue
             try:
                 if self.store.wait_for_job(queue, timeout=1.0):
                     self._idle.clear()

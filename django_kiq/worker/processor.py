@@ -48,6 +48,11 @@ class JobContext:
     def name(self) -> str:
         return str(self.job.get("class", "?"))
 
+    @property
+    def display_name(self) -> str:
+        """What logs and metrics call the job: a wrapper's ``display_class`` when it has one."""
+        return str(self.job.get("display_class") or self.name)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Outcome:
@@ -125,15 +130,16 @@ class Processor:
         def log(ctx: JobContext) -> Any:
             verbose = logger.isEnabledFor(logging.INFO)
             if verbose:
-                logger.info("start jid=%s job=%s queue=%s", ctx.jid, ctx.name, ctx.queue)
+                logger.info("start jid=%s job=%s queue=%s", ctx.jid, ctx.display_name, ctx.queue)
             try:
                 result = call_next(ctx)
             except Exception as exc:
-                logger.warning("fail jid=%s job=%s elapsed=%.3fs error=%s: %s", ctx.jid, ctx.name,
-                               time.monotonic() - ctx.started, type(exc).__name__, exc)
+                logger.warning("fail jid=%s job=%s elapsed=%.3fs error=%s: %s", ctx.jid,
+                               ctx.display_name, time.monotonic() - ctx.started,
+                               type(exc).__name__, exc)
                 raise
             if verbose:
-                logger.info("done jid=%s job=%s elapsed=%.3fs", ctx.jid, ctx.name,
+                logger.info("done jid=%s job=%s elapsed=%.3fs", ctx.jid, ctx.display_name,
                             time.monotonic() - ctx.started)
             return result
         return log
@@ -146,7 +152,7 @@ class Processor:
                 failed = False
                 return result
             finally:
-                self.counters.record(ctx.name, time.monotonic() - ctx.started, failed)
+                self.counters.record(ctx.display_name, time.monotonic() - ctx.started, failed)
         return stats
 
     def _retry(self, call_next: Callable) -> Callable:
