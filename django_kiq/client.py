@@ -139,7 +139,9 @@ def encode_for_push(jobs: list[dict[str, Any]], settings: KiqSettings, now: floa
     for job in jobs:
         at = job.get("at")
         if at is not None and at > now:
-            raw = payload.encode(job)
+            # Like Sidekiq, the time lives in the score only: a member carrying "at" would be
+            # scheduled again by a Ruby poller's Client.push instead of reaching its queue.
+            raw = payload.encode({k: v for k, v in job.items() if k != "at"})
             scheduled.append((at, raw))
         else:
             job.pop("at", None)

@@ -174,7 +174,8 @@ class KiqBackend(BaseTaskBackend):
             if not deferred:
                 job_hash.pop("at", None)
                 job_hash["enqueued_at"] = now
-            raw = payload.encode(job_hash)
+            # The schedule set keeps the time in the score only, as Sidekiq does.
+            raw = payload.encode({k: v for k, v in job_hash.items() if k != "at"})
             client.check_size(job_hash, settings, raw)  # as push_now does: writers check size
             try:
                 if deferred:
