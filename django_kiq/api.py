@@ -26,6 +26,7 @@ from .stats import HISTOGRAM_MS
 
 PAGE = 25
 SCAN_PAGE = 1000  # members per LRANGE / ZSCAN step while searching
+SEARCH_BUDGET = 20_000  # members one search() step scans at most (about 100 ms of Redis)
 BATCH = 1000  # members moved per Lua call by retry_all / kill_all
 DEFAULT_QUEUE = "default"
 STANDIN_PREFIX = "raw-"  # jid of a member that has none (malformed): a digest of its bytes
@@ -267,6 +268,19 @@ class Queue:
 
 # -- job sets ---------------------------------------------------------------------------------
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SearchPage:
+    """Matches of one bounded search step; ``cursor`` 0 means the search is complete."""
+
+    records: list[JobRecord]
+    cursor: int
+    scanned: int
+
+    @property
+    def complete(self) -> bool:
+        return self.cursor == 0
+
+
 class JobSet:
     """A sorted set of jobs (score = run-at or death time). Actions take keys or records and
     return how many entries they acted on; an entry someone else moved first is not counted."""
@@ -319,6 +333,29 @@ class JobSet:
                 break
         found.sort(key=lambda r: r.score or 0.0, reverse=self.newest_first)
         return found
+
+    def search(self, substring: str, *, cursor: int = 0, limit: int = 25,
+               budget: int = SEARCH_BUDGET) -> SearchPage:
+        """One bounded step of a substring search, for pages that must answer quickly.
+
+        Scans about ``budget`` members from ``cursor`` (ZSCAN), stopping early once ``limit``
+        matches are found; the returned ``cursor`` continues the search (0 = the whole set was
+        searched). A filter over a million entries thus costs each request a bounded amount of
+        Redis time instead of a full scan.
+        """
+        pattern = f"*{_glob_escape(substring)}*"
+        found: dict[bytes, float] = {}
+        scanned = 0
+        while True:
+            cursor, rows = self._store.set_scan(self.name, cursor, pattern, SCAN_PAGE)
+            scanned += SCAN_PAGE
+            for raw, score in rows:
+                found.setdefault(raw, score)
+            if cursor == 0 or len(found) >= limit or scanned >= budget:
+                break
+        records = sorted((decode_record(raw, score) for raw, score in found.items()),
+                         key=lambda r: r.score or 0.0, reverse=self.newest_first)
+        return SearchPage(records=records, cursor=int(cursor), scanned=scanned)
 
     def _scan(self, pattern: str) -> Iterator[tuple[bytes, float]]:
         cursor, seen = 0, set()

@@ -433,3 +433,20 @@ def test_stats_history_and_redis_info(store, redis_client):
     assert set(info) == {"redis_version", "uptime_in_days", "connected_clients",
                          "used_memory_human", "used_memory_peak_human", "maxmemory_policy"}
     assert info["redis_version"]
+
+
+def test_search_is_bounded_and_resumable(store):
+    rows = {payload.encode(payload.build(name="S", args=[f"needle-{i}" if i % 500 == 0 else i],
+                                         kwargs={}, queue="q", now=1)): float(i)
+            for i in range(5000)}
+    store.client.zadd("retry", rows)
+    retries = api.RetrySet()
+    first = retries.search("needle", limit=100, budget=1000)
+    assert first.scanned <= 2000 and not first.complete
+    found, cursor, steps = list(first.records), first.cursor, 1
+    while cursor:
+        page = retries.search("needle", cursor=cursor, limit=100, budget=1000)
+        found += page.records
+        cursor, steps = page.cursor, steps + 1
+    assert steps > 1
+    assert sorted({r.args[0] for r in found}) == sorted(f"needle-{i}" for i in range(0, 5000, 500))
