@@ -77,6 +77,18 @@ class Storage(SetOps, PeriodicOps, ResultOps):
         self._register_periodic_scripts()
         self._register_result_scripts()
 
+    def dedicated(self) -> "Storage":
+        """A Storage on one connection of its own, for a thread that sends a command at a time.
+
+        The fetcher calls Redis thousands of times a second; checking a connection out of the
+        pool costs a readiness syscall per call, a held connection does not. It reconnects by
+        itself after an error, like a pooled one.
+        """
+        client = redis.Redis(connection_pool=self.client.connection_pool,
+                             single_connection_client=True)
+        return Storage(client, self.keys, dead_max_jobs=self.dead_max_jobs,
+                       dead_timeout=self.dead_timeout)
+
     def _script(self, name: str):
         return self.client.register_script((LUA_DIR / f"{name}.lua").read_text())
 

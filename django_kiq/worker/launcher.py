@@ -61,7 +61,7 @@ class Launcher:
         self.counters = Counters()
         order = QueueOrder(queues, strict)
         self.manager = Manager(
-            store=store, fetcher=Fetcher(store, self.identity, order),
+            store=store, fetcher=Fetcher(store.dedicated(), self.identity, order),
             processor=Processor(settings=settings, counters=self.counters),
             concurrency=concurrency, queues=[name for name, _ in queues])
         self.poller = Poller(store=store, identity=self.identity, settings=settings)

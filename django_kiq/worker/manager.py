@@ -30,6 +30,8 @@ from .processor import Outcome, Processor
 
 logger = logging.getLogger("django_kiq.manager")
 MAX_BACKOFF = 5.0
+PREFETCH_SECONDS = 0.005
+MAX_PREFETCH_PER_THREAD = 4
 
 
 class Backoff:
@@ -69,6 +71,7 @@ class Manager:
         # thread name -> (queue, payload, started at, start sequence number)
         self._running: dict[str, tuple[str, bytes, float, int]] = {}
         self._sequence = itertools.count()
+        self._job_seconds = 1.0  # moving average of job run time; starts pessimistic
         self._acks: list[bytes] = []
         self._wake = threading.Event()
         self._idle = threading.Event()
@@ -169,10 +172,11 @@ class Manager:
                     return
                 queue, raw = self._buffer.popleft()
                 self._running[name] = (queue, raw, time.time(), next(self._sequence))
+            started = time.perf_counter()
             outcome = self.processor.process(queue, raw, name)
-            self._finish(name, outcome)
+            self._finish(name, outcome, time.perf_counter() - started)
 
-    def _finish(self, name: str, outcome: Outcome) -> None:
+    def _finish(self, name: str, outcome: Outcome, elapsed: float) -> None:
         if outcome.kind != "done":
             entry = self._settle_entry(outcome)
             # Until this succeeds the job stays in the in-progress list (and in _running, so a
@@ -182,6 +186,7 @@ class Manager:
             if outcome.kind == "done":
                 self._acks.append(outcome.raw)
             self._running.pop(name, None)
+            self._job_seconds += (elapsed - self._job_seconds) * 0.05
             if not self._running:
                 self._drained.notify_all()
         self._wake.set()
@@ -218,7 +223,7 @@ class Manager:
             with self._cond:
                 acks, self._acks = self._acks, []
                 free = 0 if self._quiet.is_set() else (
-                    self.concurrency - len(self._running) - len(self._buffer))
+                    self.concurrency + self._prefetch() - len(self._running) - len(self._buffer))
             if free <= 0 and not acks:
                 self._idle.clear()
                 self._wake.wait(timeout=1.0)
@@ -243,6 +248,18 @@ class Manager:
             self._idle.set()
             self._wake.wait(timeout=2.0)
             self._wake.clear()
+
+    def _prefetch(self) -> int:
+        """Jobs to hold beyond the free threads (caller holds the lock).
+
+        Each fetch costs a round trip; for very short jobs that round trip, not the jobs, limits
+        throughput, so the fetcher takes a few more than there are free threads. It takes only
+        about PREFETCH_SECONDS of work per thread, so with slower jobs it prefetches nothing and
+        never holds back jobs another worker could start. Prefetched jobs are in the in-progress
+        list like running ones: a crash loses none, a shutdown puts them back at once.
+        """
+        per_thread = PREFETCH_SECONDS / max(self._job_seconds, 1e-6)
+        return min(MAX_PREFETCH_PER_THREAD * self.concurrency, int(per_thread * self.concurrency))
 
     def _dispatch(self, jobs: list[tuple[str, bytes]]) -> None:
         if jobs:
