@@ -8,7 +8,6 @@ import json
 import signal
 import time
 
-import pytest
 
 from tests import jobs
 from tests.conftest import wait_for

@@ -68,6 +68,7 @@ class Storage(SetOps, PeriodicOps, ResultOps):
         self.keys = keys
         self.dead_max_jobs = dead_max_jobs
         self.dead_timeout = dead_timeout
+        self._push = self._script("push")
         self._fetch = self._script("fetch")
         self._settle = self._script("settle")
         self._due = self._script("due")
@@ -95,19 +96,23 @@ class Storage(SetOps, PeriodicOps, ResultOps):
     # -- client side -------------------------------------------------------------------------
 
     def push(self, items: Sequence[tuple[str, bytes]]) -> None:
-        """LPUSH each (queue, payload) and register its queue; one MULTI per 1,000 jobs.
+        """LPUSH each (queue, payload) and register its queue (push.lua).
 
-        Jobs for one queue go in a single variadic LPUSH, which keeps their order (the first
-        pushed ends nearest the head, so it runs first).
+        One script call per queue and per 1,000 jobs, pipelined: a single job is one command
+        and one round trip. Jobs keep their order within a queue.
         """
         for start in range(0, len(items), PUSH_BATCH):
             by_queue: dict[str, list[bytes]] = {}
             for queue, raw in items[start:start + PUSH_BATCH]:
                 by_queue.setdefault(queue, []).append(raw)
+            if len(by_queue) == 1:
+                [(queue, raws)] = by_queue.items()
+                self._push(keys=[self.keys.queues, self.keys.queue(queue)], args=[queue, *raws])
+                continue
             pipe = self.client.pipeline(transaction=True)
-            pipe.sadd(self.keys.queues, *by_queue)
             for queue, raws in by_queue.items():
-                pipe.lpush(self.keys.queue(queue), *raws)
+                self._push(keys=[self.keys.queues, self.keys.queue(queue)], args=[queue, *raws],
+                           client=pipe)
             pipe.execute()
 
     def schedule(self, items: Sequence[tuple[float, bytes]], set_name: str = "schedule") -> None:

@@ -27,7 +27,8 @@ from ..conf import KiqSettings
 from ..stats import Counters, summarize
 from ..storage import TRANSIENT_ERRORS, Heartbeat, Storage
 from .fetcher import Fetcher, QueueOrder, recover_orphans
-from .manager import Backoff, Manager
+from .loop import Backoff
+from .manager import Manager
 from .processor import Processor
 from .scheduler import Poller
 

@@ -26,32 +26,12 @@ from collections.abc import Callable
 
 from ..storage import TRANSIENT_ERRORS, Settle, Storage
 from .fetcher import Fetcher, plan_requeue
+from .loop import Backoff
 from .processor import Outcome, Processor
 
 logger = logging.getLogger("django_kiq.manager")
-MAX_BACKOFF = 5.0
 PREFETCH_SECONDS = 0.005
 MAX_PREFETCH_PER_THREAD = 4
-
-
-class Backoff:
-    """Exponential back-off for a thread whose Redis calls fail; logs once per outage."""
-
-    def __init__(self, what: str, stop: threading.Event):
-        self.what = what
-        self.stop = stop
-        self.delay = 0.0
-
-    def failed(self, exc: Exception) -> None:
-        if self.delay == 0.0:
-            logger.warning("%s: Redis unavailable (%s); retrying", self.what, exc)
-        self.delay = min(MAX_BACKOFF, self.delay * 2 or 0.05)
-        self.stop.wait(self.delay)
-
-    def ok(self) -> None:
-        if self.delay:
-            logger.warning("%s: Redis is back", self.what)
-        self.delay = 0.0
 
 
 class Manager:

@@ -19,7 +19,6 @@ tick is retried); ``stop()`` ends it. Tests call ``tick_once(now)`` with an inje
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -28,7 +27,7 @@ from ..client import client_chain
 from ..conf import KiqSettings
 from ..periodic import PeriodicEntry, build_job
 from ..storage import TRANSIENT_ERRORS, Storage
-from .manager import Backoff
+from .loop import LoopThread
 
 logger = logging.getLogger("django_kiq.cron")
 MAX_SLEEP = 1.0
@@ -37,9 +36,12 @@ MAX_SLEEP = 1.0
 CLAIM_TTL_MIN, CLAIM_TTL_MAX = 60.0, 86400.0
 
 
-class CronTicker:
+class CronTicker(LoopThread):
+    thread_name = "kiq-cron"
+
     def __init__(self, *, store: Storage, identity: str, settings: KiqSettings,
                  entries: Sequence[PeriodicEntry], now: Callable[[], float] = time.time):
+        super().__init__()
         self.store = store
         self.identity = identity
         self.settings = settings
@@ -48,35 +50,16 @@ class CronTicker:
         self.chain = client_chain(settings)
         self._cursor: dict[str, float] | None = None  # name -> last tick considered
         self._upcoming: dict[str, float] = {}  # name -> first tick after the cursor
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         names = ", ".join(f"{e.name} ({e.cron})" for e in self.entries)
         logger.info("cron: %d periodic entr%s: %s", len(self.entries),
                     "y" if len(self.entries) == 1 else "ies", names)
-        self._thread = threading.Thread(target=self._loop, name="kiq-cron", daemon=True)
-        self._thread.start()
+        super().start()
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        backoff = Backoff("cron", self._stop)
-        while not self._stop.is_set():
-            try:
-                self.tick_once()
-                backoff.ok()
-            except TRANSIENT_ERRORS as exc:
-                backoff.failed(exc)
-                continue
-            except Exception:
-                logger.exception("cron: pass failed; will try again")
-                self._stop.wait(MAX_SLEEP)
-                continue
-            self._stop.wait(self.delay(self.now()))
+    def step(self) -> float:
+        self.tick_once()
+        return self.delay(self.now())
 
     # -- one pass ------------------------------------------------------------------------------
 

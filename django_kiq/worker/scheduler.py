@@ -13,52 +13,35 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
 
 from .. import payload
 from ..client import client_chain
 from ..conf import KiqSettings
-from ..storage import TRANSIENT_ERRORS, Settle, Storage
-from .manager import Backoff
+from ..storage import Settle, Storage
+from .loop import LoopThread
 
 logger = logging.getLogger("django_kiq.scheduler")
 BATCH = 500
 SETS = ("schedule", "retry")
 
 
-class Poller:
+class Poller(LoopThread):
+    thread_name = "kiq-scheduler"
+
     def __init__(self, *, store: Storage, identity: str, settings: KiqSettings,
                  now: Callable[[], float] = time.time):
+        super().__init__()
         self.store = store
         self.identity = identity
         self.settings = settings
         self.now = now
         self.chain = client_chain(settings)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="kiq-scheduler", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        backoff = Backoff("scheduler", self._stop)
-        while not self._stop.is_set():
-            try:
-                self.poll_once()
-                delay = self._delay_until_next()
-                backoff.ok()
-            except TRANSIENT_ERRORS as exc:
-                backoff.failed(exc)
-                continue
-            self._stop.wait(delay)
+    def step(self) -> float:
+        self.poll_once()
+        return self._delay_until_next()
 
     def poll_once(self, now: float | None = None) -> int:
         """Move every job due at ``now``; returns how many reached a queue."""
