@@ -54,3 +54,12 @@ def test_heartbeat_returns_remote_signals_in_order(store, redis_client):
     assert redis_client.smembers("processes") == {b"h:2:s"}
     hour_keys = [k for k in redis_client.keys("kiq:metrics:*:x.y")]
     assert len(hour_keys) == 1 and redis_client.hget(hour_keys[0], "p") == b"3"
+
+
+def test_push_many_queues_in_one_call_keeps_order(store, redis_client):
+    items = [("a", b"a1"), ("b", b"b1"), ("a", b"a2"), ("b", b"b2")] * 600
+    store.push(items)
+    assert redis_client.smembers("queues") == {b"a", b"b"}
+    # The head (right end) is the first pushed: RPOP order is push order.
+    assert redis_client.lrange("queue:a", -2, -1) == [b"a2", b"a1"]
+    assert redis_client.llen("queue:a") == redis_client.llen("queue:b") == 1200
