@@ -11,39 +11,70 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from django.utils import timezone
+from django.utils.timesince import timesince, timeuntil
+
+from django_kiq.api import JobRecord
+
 ARGS_PREVIEW_CHARS = 120
 
 
-def when(epoch: float | int | str | None) -> dt.datetime | None:
-    """An aware UTC datetime for an epoch timestamp; None for a missing or unreadable value."""
-    if epoch is None or epoch == "":
+def when(epoch: float | None) -> dt.datetime | None:
+    """An aware UTC datetime for an epoch timestamp; None for a missing or absurd value."""
+    if epoch is None:
         return None
     try:
-        return dt.datetime.fromtimestamp(float(epoch), dt.UTC)
-    except (TypeError, ValueError, OverflowError, OSError):
+        return dt.datetime.fromtimestamp(epoch, dt.UTC)
+    except (ValueError, OverflowError, OSError):
         return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Moment:
+    """A point in time and how far it is from now: "3 minutes ago", "in 5 minutes"."""
+
+    at: dt.datetime
+    relative: str
+
+
+def moment(epoch: float | None, now: dt.datetime | None = None) -> Moment | None:
+    at = when(epoch)
+    if at is None:
+        return None
+    now = now or timezone.now()
+    seconds = (at - now).total_seconds()
+    if abs(seconds) < 60:  # timesince would say "0 minutes"
+        text = f"{abs(seconds):.0f} s"
+        return Moment(at=at, relative=f"in {text}" if seconds > 0 else f"{text} ago")
+    if seconds > 0:
+        return Moment(at=at, relative=f"in {timeuntil(at, now)}")
+    return Moment(at=at, relative=f"{timesince(at, now)} ago")
 
 
 def as_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=repr)
 
 
-def short_json(value: Any, limit: int = ARGS_PREVIEW_CHARS) -> str:
-    """Compact JSON cut at ``limit`` characters (with an ellipsis), for table cells."""
-    text = as_json(value)
+def cut(text: str, limit: int) -> str:
+    """``text`` shortened to ``limit`` characters, with an ellipsis when cut."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def short_json(value: Any, limit: int = ARGS_PREVIEW_CHARS) -> str:
+    """Compact JSON cut at ``limit`` characters, for table cells."""
+    return cut(as_json(value), limit)
 
 
 def pretty_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, indent=2, sort_keys=False, default=repr)
 
 
-def args_preview(record: Any) -> str:
+def args_preview(record: JobRecord) -> str:
     """Positional and keyword arguments as one line: ``[1, "a"] {"b": 2}``."""
     text = as_json(record.args)
     if record.kwargs:
         text += " " + as_json(record.kwargs)
-    return text if len(text) <= ARGS_PREVIEW_CHARS else text[: ARGS_PREVIEW_CHARS - 1] + "…"
+    return cut(text, ARGS_PREVIEW_CHARS)
 
 
 def field_text(value: Any) -> str:
@@ -55,21 +86,42 @@ def field_text(value: Any) -> str:
 class JobRow:
     """One table row: the record plus what the templates need precomputed."""
 
-    record: Any
+    record: JobRecord
     url: str
     args: str
-    at: dt.datetime | None
-    enqueued_at: dt.datetime | None
-    failed_at: dt.datetime | None
+    at: Moment | None
+    enqueued_at: Moment | None
+    failed_at: Moment | None
+    error: str
 
     @classmethod
-    def build(cls, record: Any, url: str) -> "JobRow":
-        return cls(record=record, url=url, args=args_preview(record), at=when(record.score),
-                   enqueued_at=when(record.enqueued_at), failed_at=when(record.failed_at))
+    def build(cls, record: JobRecord, url: str) -> "JobRow":
+        return cls(record=record, url=url, args=args_preview(record), at=moment(record.score),
+                   enqueued_at=moment(record.enqueued_at), failed_at=moment(record.failed_at),
+                   error=error_line(record))
 
 
-def error_line(record: Any, limit: int = 200) -> str:
+def error_line(record: JobRecord, limit: int = 200) -> str:
+    """``ErrorClass: message`` for a table cell ("" for a job that never failed)."""
     if not record.error_class and not record.error_message:
         return ""
-    text = f"{record.error_class or 'Error'}: {record.error_message or ''}".strip()
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return cut(f"{record.error_class or 'Error'}: {record.error_message or ''}".strip(), limit)
+
+
+def duration(seconds: float | None) -> str:
+    """A short human duration: "3.1 ms", "420 ms", "4.20 s", "12 s", "4 min", "3.5 h"."""
+    if seconds is None:
+        return "–"
+    if seconds < 0.01:
+        return f"{seconds * 1000:.1f} ms"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 10:
+        return f"{seconds:.2f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"

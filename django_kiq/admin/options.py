@@ -1,0 +1,60 @@
+"""The ModelAdmin that mounts the console: URLs, permissions and the admin index entry.
+
+Django includes a ModelAdmin's URLs under ``<app_label>/<model_name>/``, so the pages live at
+``/admin/django_kiq/jobs/`` (the dashboard, which is also the model's changelist URL, so the
+admin index links straight to it), ``.../busy/``, ``.../queues/<name>/`` and so on. Every view
+is wrapped by ``admin_site.admin_view`` (staff login, CSRF, never cached) and by
+:func:`~django_kiq.admin.views.base.kiq_view` (the two permissions). The model has no table,
+so the add/change/delete views of a normal ModelAdmin are not mounted.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from django.contrib import admin
+from django.http import HttpRequest
+from django.urls import path
+
+from .views import busy, dashboard, job, metrics, periodic, queues, sets
+from .views.base import MANAGE_PERM, VIEW_PERM, kiq_view
+
+
+class JobsAdmin(admin.ModelAdmin):
+    def has_view_permission(self, request: HttpRequest, obj=None) -> bool:
+        return request.user.has_perm(VIEW_PERM)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(VIEW_PERM) or request.user.has_perm(MANAGE_PERM)
+
+    def get_urls(self):
+        def page(view, *, actions: bool = False, **fixed):
+            bound = partial(view, site=self.admin_site, **fixed)
+            return self.admin_site.admin_view(kiq_view(bound, actions=actions))
+
+        dash = page(dashboard.dashboard)
+        return [
+            path("", dash, name="django_kiq_dashboard"),
+            # The admin index links to the changelist: the dashboard is that page.
+            path("", dash, name="django_kiq_jobs_changelist"),
+            path("stats/", page(dashboard.stats_json), name="django_kiq_stats"),
+            path("busy/", page(busy.busy, actions=True), name="django_kiq_busy"),
+            path("queues/", page(queues.queues), name="django_kiq_queues"),
+            path("queues/<str:name>/", page(queues.queue, actions=True), name="django_kiq_queue"),
+            path("queues/<str:name>/<path:jid>/", page(job.queue_job),
+                 name="django_kiq_queue_job"),
+            *(path(f"{slug}/", page(sets.job_set, actions=True, slug=slug),
+                   name=f"django_kiq_{slug}") for slug in sets.PAGES),
+            path("job/<slug:slug>/<path:key>/", page(job.set_job), name="django_kiq_job"),
+            path("periodic/", page(periodic.periodic, actions=True), name="django_kiq_periodic"),
+            path("metrics/", page(metrics.metrics), name="django_kiq_metrics"),
+        ]

@@ -1,0 +1,57 @@
+"""Busy: live worker processes with Quiet/Stop, and the jobs they are running."""
+
+from __future__ import annotations
+
+from django.contrib.admin import AdminSite
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+
+from django_kiq import api
+
+from ..present import args_preview, moment
+from .base import back, confirm, confirmed, perform, render, url
+
+# action -> (ProcessSet method, label). Quiet: stop fetching new jobs; Stop: shut down.
+ONE = {"quiet": ("quiet", "Quiet"), "stop": ("stop", "Stop")}
+ALL = {"quiet_all": ("quiet_all", "Quiet"), "stop_all": ("stop_all", "Stop")}
+
+
+def busy(request: HttpRequest, *, site: AdminSite) -> HttpResponse:
+    if request.method == "POST":
+        return _act(request, site)
+    processes = api.ProcessSet().list()
+    rows = [{"process": p, "started": moment(p.started_at), "beat": moment(p.beat),
+             "rss_mb": round(p.rss_kb / 1024, 1) if p.rss_kb else None,
+             "queues": ", ".join(p.queues)} for p in processes]
+    work = [{"work": w, "args": args_preview(w.job), "run_at": moment(w.run_at)}
+            for p in processes for w in p.work]
+    return render(request, site, "busy.html", title="Busy", page="busy", processes=rows,
+                  work=work, live=True)
+
+
+def _act(request: HttpRequest, site: AdminSite) -> HttpResponse:
+    action = request.POST.get("action", "")
+    processes = api.ProcessSet()
+    if action in ONE:
+        identity = request.POST.get("identity", "")
+        if not identity:
+            return HttpResponseBadRequest("identity is required")
+        method, verb = ONE[action]
+        perform(request, f"{verb} {identity}", lambda: getattr(processes, method)(identity),
+                lambda _: f"Asked {identity} to {verb.lower()}; it obeys at its next heartbeat.")
+        return back(request, url(request, "busy"))
+    if action in ALL:
+        method, verb = ALL[action]
+        if not confirmed(request):
+            here = url(request, "busy")
+            count = len(processes.list())
+            return confirm(
+                request, site, title=f"{verb} all processes", page="busy",
+                crumbs=(("Busy", here),),
+                question=f"{verb} all {count:,} running worker processes?",
+                action=action, button=f"Yes, {verb.lower()} all", cancel_url=here,
+                danger=action == "stop_all")
+        perform(request, f"{verb} all", getattr(processes, method),
+                lambda _: f"Asked every process to {verb.lower()}; they obey at their next "
+                          "heartbeat.")
+        return back(request, url(request, "busy"))
+    return HttpResponseBadRequest(f"unknown action {action!r}")

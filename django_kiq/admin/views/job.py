@@ -1,0 +1,71 @@
+"""Job detail: every field of one job hash, its arguments pretty-printed, error and backtrace.
+
+A job in a set is addressed by its entry key (score and jid, as the API gives it); a job in a
+queue by its jid. A job that has left since the link was made sends the user back to its list
+with a warning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.contrib import messages
+from django.contrib.admin import AdminSite
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+
+from django_kiq import api
+
+from ..present import field_text, moment, pretty_json
+from .base import render, url
+from .sets import Action, is_key, page_for
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Found:
+    """Where the job was found: breadcrumbs, its list, and what the page may do with it."""
+
+    page: str  # the active tab
+    crumbs: tuple[tuple[str, str], ...]
+    list_url: str  # where the action forms post and return to
+    score_label: str = ""  # what a set's score means ("Next retry", "Died"...)
+    actions: tuple[Action, ...] = ()  # set row actions
+    queue_delete: bool = False
+
+
+def set_job(request: HttpRequest, slug: str, key: str, *, site: AdminSite) -> HttpResponse:
+    page = page_for(slug)
+    if not is_key(key):
+        raise Http404("malformed job key")
+    record = page.collection().get(key)
+    if record is None:
+        messages.warning(request, f"That job is no longer in the {page.title.lower()} set: it "
+                                  "was retried, moved or deleted meanwhile.")
+        return HttpResponseRedirect(url(request, slug))
+    return _detail(request, site, record, Found(
+        page=slug, crumbs=((page.title, url(request, slug)),), list_url=url(request, slug),
+        score_label=page.when_label, actions=page.row_actions))
+
+
+def queue_job(request: HttpRequest, name: str, jid: str, *, site: AdminSite) -> HttpResponse:
+    record = api.Queue(name).find(jid)
+    here = url(request, "queue", name)
+    if record is None:
+        messages.warning(request, f"Job {jid} is no longer in queue {name}: it has probably "
+                                  "started.")
+        return HttpResponseRedirect(here)
+    return _detail(request, site, record, Found(
+        page="queues", crumbs=(("Queues", url(request, "queues")), (name, here)), list_url=here,
+        queue_delete=True))
+
+
+def _detail(request: HttpRequest, site: AdminSite, record: api.JobRecord,
+            found: Found) -> HttpResponse:
+    times = (("Created", record.created_at), ("Enqueued", record.enqueued_at),
+             ("Failed", record.failed_at), (found.score_label, record.score))
+    return render(
+        request, site, "job.html", title=f"Job {record.display_name}", page=found.page,
+        crumbs=found.crumbs, record=record, found=found,
+        fields=[(name, field_text(value)) for name, value in sorted(record.fields.items())],
+        args=pretty_json(record.args), kwargs=pretty_json(record.kwargs) if record.kwargs else "",
+        raw=record.raw.decode("utf-8", errors="backslashreplace") if record.malformed else "",
+        times=[(label, moment(value)) for label, value in times if label and value])
