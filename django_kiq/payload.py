@@ -17,29 +17,38 @@ from typing import Any
 from .exceptions import MalformedPayload
 
 _NATIVE_SCALARS = (str, int, bool, type(None))
+# Lists/dicts nested deeper than this inside one argument are refused at enqueue. It bounds the
+# check's recursion (a 100,000-deep list would otherwise end in RecursionError), and with the
+# job hash and its args array around the argument the payload nests at most 100 levels: the
+# default max_nesting of Ruby's JSON, so a Sidekiq process can parse every job we push.
+MAX_NESTING = 98
 
 
 def new_jid() -> str:
     return secrets.token_hex(12)
 
 
-def check_json_native(value: Any, where: str) -> None:
-    """Raise TypeError naming the first value that JSON would not give back unchanged."""
+def check_json_native(value: Any, where: str, _depth: int = 0) -> None:
+    """Raise TypeError naming the first value that JSON would not give back unchanged
+    (ValueError if lists/dicts nest deeper than ``MAX_NESTING``)."""
     if isinstance(value, _NATIVE_SCALARS):
         return
     if isinstance(value, float):
         if not math.isfinite(value):
             raise TypeError(f"{where} is {value!r}; NaN and infinity are not valid JSON")
         return
+    if isinstance(value, (list, dict)) and _depth >= MAX_NESTING:
+        raise ValueError(f"{where.partition('[')[0]} nests lists/dicts more than {MAX_NESTING} "
+                         "levels deep; pass a flatter structure (or a reference to the data)")
     if isinstance(value, list):
         for i, item in enumerate(value):
-            check_json_native(item, f"{where}[{i}]")
+            check_json_native(item, f"{where}[{i}]", _depth + 1)
         return
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(f"{where} has a non-string key {key!r}; JSON keys are strings")
-            check_json_native(item, f"{where}[{key!r}]")
+            check_json_native(item, f"{where}[{key!r}]", _depth + 1)
         return
     raise TypeError(
         f"{where} is a {type(value).__name__} ({value!r:.80}); job arguments must be JSON-native "

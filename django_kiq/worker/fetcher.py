@@ -93,15 +93,30 @@ class Fetcher:
 def _queue_of(raw: bytes) -> str:
     try:
         value = json.loads(raw).get("queue")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
+        # RecursionError: JSON nested ~20,000 deep. Uncaught it would kill the fetcher thread
+        # (reconcile) or stall orphan recovery for good; the processor sends such a job dead.
         return "default"
     return value if isinstance(value, str) and value else "default"
 
 
+# Seconds between the last-chance runs of jobs that died together (see plan_recovery).
+APART = 2.0
+
+
 def plan_recovery(raws: Sequence[bytes], *, identity: str, poison_limit: int,
                   now: float) -> list[Settle]:
-    """Where each orphaned job goes: the head of its queue, or dead once it is a poison pill."""
+    """Where each orphaned job goes: the head of its queue, or dead once it is a poison pill.
+
+    A job about to get its last chance (one death short of ``poison_limit``) whose process held
+    other jobs too goes to the retry set instead, each such job ``APART`` seconds after the
+    previous one. A poison pill kills the jobs that share its process: put back together at the
+    head of the queue, the same group is fetched together and dies together again, until every
+    one of them reaches the limit (the chaos suite's poison scenario sent 4 innocent jobs dead
+    that way). Run apart, the pill dies alone and the others complete.
+    """
     entries = []
+    crowded, apart = len(raws) > 1, 0
     for raw in raws:
         try:
             job = payload.decode(raw)
@@ -118,6 +133,16 @@ def plan_recovery(raws: Sequence[bytes], *, identity: str, poison_limit: int,
                                  f"(last: {identity}); moved to dead instead of running again",
             })
             entries.append(Settle(kind="d", old=raw, new=payload.encode(job), score=now))
+        elif crowded and count == poison_limit - 1:
+            apart += 1
+            job.update({
+                "error_class": "django_kiq.ProcessDied",
+                "error_message": f"the process running this job died {count} time(s) (last: "
+                                 f"{identity}) with other jobs in it; runs apart from them once "
+                                 "more before it counts as a poison pill",
+            })
+            entries.append(Settle(kind="z", old=raw, new=payload.encode(job), dest="retry",
+                                  score=now + apart * APART))
         else:
             entries.append(Settle(kind="q", old=raw, new=payload.encode(job),
                                   dest=_queue_of(raw)))

@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from django_kiq import __version__, periodic, storage
 from django_kiq.conf import get_settings
+from django_kiq.registry import QUEUE_NAME
 from django_kiq.worker.fetcher import parse_queue_args
 from django_kiq.worker.launcher import Launcher
 from django_kiq.worker.periodic import CronTicker
@@ -31,6 +32,7 @@ class Command(BaseCommand):
         parser.add_argument("--tag", default=None, help="a label shown in the admin")
 
     def handle(self, *args, **options) -> None:
+        self._check_queue_names(options["queue"])
         self.check(tags=["django_kiq"])
         self.check(tags=[Tags.database], fail_level=40)  # warnings are printed, not fatal
         settings = get_settings()
@@ -56,6 +58,15 @@ class Command(BaseCommand):
                 entries=entries)] if entries else [])
         self.stdout.write(self._banner(launcher))
         sys.exit(launcher.run())
+
+    @staticmethod
+    def _check_queue_names(specs: list[str]) -> None:
+        """The same names @job accepts: a space or ':' in ``-q`` is a typo, not two queues."""
+        for spec in specs:
+            name = spec.partition(",")[0]
+            if not QUEUE_NAME.match(name):
+                raise CommandError(f"-q {spec!r}: {name!r} is not a valid queue name (letters, "
+                                   "digits, '_', '.', '-'; at most 128 characters)")
 
     def _banner(self, launcher: Launcher) -> str:
         queues = ", ".join(f"{n} (weight {w})" for n, w in launcher.queues)
