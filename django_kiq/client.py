@@ -69,12 +69,13 @@ def to_epoch(when: dt.datetime | float) -> float:
 def _submit(job_obj, items: list[tuple[tuple, dict]], at: float | None) -> list[str | None]:
     settings = get_settings()
     options = job_obj.options
+    fields = options.payload_fields()
     now = time.time()
     jobs = []
-    for args, kwargs in items:
+    for (args, kwargs), jid in zip(items, payload.new_jids(len(items))):
         payload.check_args(args, kwargs)
         job = payload.build(name=job_obj.name, args=args, kwargs=kwargs, queue=options.queue,
-                            now=now, options=options.payload_fields())
+                            now=now, options=fields, jid=jid)
         if at is not None and at > now:
             job["at"] = at
         jobs.append(job)
