@@ -66,6 +66,9 @@ def redis_client(redis_url):
     token = client.get(CLAIM_KEY)
     assert token, "lost the claim on the test Redis DB"
     client.eval(RESET, 1, CLAIM_KEY, token, CLAIM_TTL)
+    from django_kiq import storage
+
+    storage.reset_default()  # its cache of registered queues describes the emptied DB
     yield client
     client.close()
 

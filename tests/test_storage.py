@@ -63,3 +63,17 @@ def test_push_many_queues_in_one_call_keeps_order(store, redis_client):
     # The head (right end) is the first pushed: RPOP order is push order.
     assert redis_client.lrange("queue:a", -2, -1) == [b"a2", b"a1"]
     assert redis_client.llen("queue:a") == redis_client.llen("queue:b") == 1200
+
+
+def test_queue_registered_again_after_being_dropped(store, redis_client):
+    from django_kiq import api
+
+    jobs.record.enqueue("a")
+    assert api.Queue("default").clear() == 1
+    assert redis_client.smembers("queues") == set()
+    jobs.record.enqueue("b")  # this process forgot its registration with the clear
+    assert redis_client.smembers("queues") == {b"default"}
+    redis_client.delete("queues")  # e.g. another process cleared it, or Redis restarted
+    store._registered["default"] -= 10  # ...more than REGISTER_EVERY ago
+    jobs.record.enqueue("c")
+    assert redis_client.smembers("queues") == {b"default"}

@@ -63,6 +63,7 @@ class SetOps:
 
     def queue_clear(self, name: str) -> int:
         """Drop a queue and its registration; returns how many jobs it held."""
+        self.forget_registration(name)
         pipe = self.client.pipeline(transaction=True)
         pipe.llen(self.keys.queue(name))
         pipe.unlink(self.keys.queue(name))

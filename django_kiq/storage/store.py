@@ -4,7 +4,7 @@ Nothing outside ``django_kiq.storage`` imports redis or knows a key name. Payloa
 exact bytes Redis holds (``bytes``), never re-encoded here, so acknowledging or moving a job always
 matches the member that is in Redis. Multi-key changes are Lua scripts (``lua/*.lua``, each with
 a header) or MULTI pipelines. Callers run on many threads: a redis-py client is thread-safe, and
-this object holds no other mutable state.
+the only other mutable state is a cache of queue registrations (single dict operations).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from .sets import SetOps
 
 LUA_DIR = Path(__file__).with_name("lua")
 PUSH_BATCH = 1000
+REGISTER_EVERY = 5.0  # seconds a process trusts its last registration of a queue name
 DAILY_STATS_TTL = 5 * 365 * 24 * 3600
 METRICS_TTL = 73 * 3600  # the admin shows up to 72 hours
 
@@ -32,6 +33,10 @@ TRANSIENT_ERRORS = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     redis.exceptions.ReadOnlyError,
+    # Redis full (maxmemory with noeviction, the setting we recommend): the write was refused,
+    # not done, and room may come back. Not transient, it killed the worker's fetcher thread
+    # while the heartbeat kept the process (and its jobs in progress) looking alive.
+    redis.exceptions.OutOfMemoryError,
 )
 RedisError = redis.exceptions.RedisError
 
@@ -68,6 +73,8 @@ class Storage(SetOps, PeriodicOps, ResultOps):
         self.keys = keys
         self.dead_max_jobs = dead_max_jobs
         self.dead_timeout = dead_timeout
+        # queue name -> monotonic time this process last registered it (see push)
+        self._registered: dict[str, float] = {}
         self._push = self._script("push")
         self._fetch = self._script("fetch")
         self._settle = self._script("settle")
@@ -96,24 +103,42 @@ class Storage(SetOps, PeriodicOps, ResultOps):
     # -- client side -------------------------------------------------------------------------
 
     def push(self, items: Sequence[tuple[str, bytes]]) -> None:
-        """LPUSH each (queue, payload) and register its queue (push.lua).
+        """LPUSH each (queue, payload) and register its queue in ``queues``.
 
-        One script call per queue and per 1,000 jobs, pipelined: a single job is one command
-        and one round trip. Jobs keep their order within a queue.
+        A queue this process registered less than REGISTER_EVERY seconds ago gets a bare LPUSH;
+        otherwise push.lua registers it in the same command. So a single enqueue costs one LPUSH,
+        the floor, while a queue dropped from ``queues`` (cleared from the admin, or a Redis
+        restart) is registered again within seconds. One command per queue per 1,000 jobs,
+        pipelined; jobs keep their order within a queue.
         """
         for start in range(0, len(items), PUSH_BATCH):
             by_queue: dict[str, list[bytes]] = {}
             for queue, raw in items[start:start + PUSH_BATCH]:
                 by_queue.setdefault(queue, []).append(raw)
+            now = time.monotonic()
+            stale = {q for q in by_queue if now - self._registered.get(q, -REGISTER_EVERY) >=
+                     REGISTER_EVERY}
             if len(by_queue) == 1:
                 [(queue, raws)] = by_queue.items()
-                self._push(keys=[self.keys.queues, self.keys.queue(queue)], args=[queue, *raws])
-                continue
-            pipe = self.client.pipeline(transaction=True)
-            for queue, raws in by_queue.items():
-                self._push(keys=[self.keys.queues, self.keys.queue(queue)], args=[queue, *raws],
-                           client=pipe)
-            pipe.execute()
+                self._push_one(self.client, queue, raws, register=queue in stale)
+            else:
+                pipe = self.client.pipeline(transaction=True)
+                for queue, raws in by_queue.items():
+                    self._push_one(pipe, queue, raws, register=queue in stale)
+                pipe.execute()
+            for queue in stale:
+                self._registered[queue] = now
+
+    def _push_one(self, client, queue: str, raws: list[bytes], *, register: bool) -> None:
+        if register:
+            self._push(keys=[self.keys.queues, self.keys.queue(queue)], args=[queue, *raws],
+                       client=client)
+        else:
+            client.lpush(self.keys.queue(queue), *raws)
+
+    def forget_registration(self, queue: str) -> None:
+        """The next push to ``queue`` registers it again (after the queue was dropped)."""
+        self._registered.pop(queue, None)
 
     def schedule(self, items: Sequence[tuple[float, bytes]], set_name: str = "schedule") -> None:
         key = self.keys.sorted_set(set_name)
