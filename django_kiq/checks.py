@@ -39,7 +39,8 @@ def check_settings(app_configs=None, **kwargs: Any) -> list:
         errors.append(_error(f"Unknown KIQ setting(s): {', '.join(sorted(unknown))}.", 2,
                              hint=f"Valid keys: {', '.join(sorted(DEFAULTS))}."))
     raw = raw_settings()
-    errors += _check_numbers(raw) + _check_shapes(raw) + _check_periodic(raw)
+    errors += (_check_numbers(raw) + _check_shapes(raw) + _check_periodic(raw)
+               + _check_sentinel(raw))
     return errors
 
 
@@ -97,6 +98,26 @@ def _check_periodic(raw: dict) -> list:
             validate_cron(entry.get("cron"), entry.get("timezone"), where=f"PERIODIC[{i}]")
         except ValueError as exc:
             errors.append(_error(str(exc), 13))
+    return errors
+
+
+def _check_sentinel(raw: dict) -> list:
+    sentinels, master = raw["REDIS_SENTINELS"], raw["REDIS_SENTINEL_MASTER"]
+    errors = []
+    if isinstance(sentinels, (str, bytes)) or not isinstance(sentinels, (list, tuple)) or not all(
+            isinstance(s, (list, tuple)) and len(s) == 2 and isinstance(s[0], str)
+            and isinstance(s[1], int) and not isinstance(s[1], bool) for s in sentinels):
+        errors.append(_error(f"KIQ['REDIS_SENTINELS'] must be a list of (host, port) pairs, not "
+                             f"{sentinels!r}.", 14, hint='e.g. [("10.0.0.1", 26379)]'))
+    elif sentinels and (not isinstance(master, str) or not master):
+        errors.append(_error("KIQ['REDIS_SENTINEL_MASTER'] must name the master the sentinels "
+                             "monitor when KIQ['REDIS_SENTINELS'] is set.", 15))
+    elif sentinels and raw["REDIS_CACHE_ALIAS"] is not None:
+        errors.append(_error("KIQ['REDIS_SENTINELS'] and KIQ['REDIS_CACHE_ALIAS'] exclude each "
+                             "other.", 15, hint="Configure Sentinel in the cache instead."))
+    if not isinstance(raw["REDIS_SENTINEL_OPTIONS"], dict):
+        errors.append(_error("KIQ['REDIS_SENTINEL_OPTIONS'] must be a dict of connection "
+                             "arguments for the sentinels.", 16))
     return errors
 
 

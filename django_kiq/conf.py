@@ -17,6 +17,12 @@ DEFAULTS: dict[str, Any] = {
     "REDIS_URL": "redis://127.0.0.1:6379/0",
     "REDIS_CACHE_ALIAS": None,
     "REDIS_OPTIONS": {},
+    # Redis Sentinel: [(host, port), ...] and the master's name; REDIS_URL then gives only the
+    # database number and credentials. REDIS_SENTINEL_OPTIONS: connection arguments for the
+    # sentinels themselves (e.g. their password).
+    "REDIS_SENTINELS": [],
+    "REDIS_SENTINEL_MASTER": None,
+    "REDIS_SENTINEL_OPTIONS": {},
     "NAMESPACE": "",
     "CONCURRENCY": 5,
     "QUEUES": ["default"],
@@ -48,6 +54,9 @@ class KiqSettings:
     redis_url: str
     redis_cache_alias: str | None
     redis_options: dict = field(default_factory=dict)
+    redis_sentinels: tuple = ()
+    redis_sentinel_master: str | None = None
+    redis_sentinel_options: dict = field(default_factory=dict)
     namespace: str
     concurrency: int
     queues: tuple[str, ...]
@@ -89,8 +98,8 @@ def raw_settings() -> dict[str, Any]:
 
 
 def _build(raw: dict[str, Any]) -> KiqSettings:
-    tuples = ("QUEUES", "IMPORTS", "ERROR_HANDLERS", "DEATH_HANDLERS", "CLIENT_MIDDLEWARE",
-              "SERVER_MIDDLEWARE", "PERIODIC")
+    tuples = ("REDIS_SENTINELS", "QUEUES", "IMPORTS", "ERROR_HANDLERS", "DEATH_HANDLERS",
+              "CLIENT_MIDDLEWARE", "SERVER_MIDDLEWARE", "PERIODIC")
     values = {key.lower(): (tuple(raw[key]) if key in tuples else raw[key]) for key in DEFAULTS}
     return KiqSettings(**values)
 

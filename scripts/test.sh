@@ -2,7 +2,8 @@
 # The test command of the README and of CI: `bash scripts/test.sh [pytest args...]`.
 #
 # Brings the machine up to what the suite needs (Python >= 3.12 venv and a Redis via env.sh; Ruby's
-# Sidekiq for the wire-compatibility tests; Chromium and its driver for the browser tests), runs
+# Sidekiq for the wire-compatibility tests; Chromium and its driver for the browser tests;
+# redis-sentinel for the failover test), runs
 # pytest from the repository root, stops the Redis it started, and exits with pytest's code.
 set -euo pipefail
 
@@ -20,6 +21,10 @@ if ! ruby -e 'require "sidekiq"' >/dev/null 2>&1; then
 fi
 if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
     missing+=(chromium chromium-driver)
+fi
+# The Sentinel failover test starts its own sentinels.
+if ! command -v redis-sentinel >/dev/null 2>&1; then
+    missing+=(redis-sentinel)
 fi
 if ((${#missing[@]})); then
     kiq_apt_install "${missing[@]}"

@@ -82,6 +82,9 @@ for _key in ("PROCESS_TTL", "HEARTBEAT_INTERVAL", "POISON_LIMIT", "CONCURRENCY")
         KIQ[_key] = int(_value) if _key in ("POISON_LIMIT", "CONCURRENCY") else _value
 if os.environ.get("KIQ_PERIODIC"):  # a JSON list of KIQ["PERIODIC"] entries
     KIQ["PERIODIC"] = json.loads(os.environ["KIQ_PERIODIC"])
+if os.environ.get("KIQ_REDIS_SENTINELS"):  # JSON [[host, port], ...] (tests/test_sentinel.py)
+    KIQ["REDIS_SENTINELS"] = [tuple(s) for s in json.loads(os.environ["KIQ_REDIS_SENTINELS"])]
+    KIQ["REDIS_SENTINEL_MASTER"] = os.environ.get("KIQ_REDIS_SENTINEL_MASTER", "mymaster")
 
 # Django's own @task API runs on django-kiq workers too (docs/django-tasks.md).
 TASKS = {

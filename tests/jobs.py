@@ -155,3 +155,29 @@ def mem_chain(depth):
 def record_lateness(key, scheduled_at):
     """Append how late this run started against its scheduled time (bench/scheduled_precision.py)."""
     _redis().rpush(key, repr(time.time() - scheduled_at))
+
+
+def _ledger():
+    """A retrying client on ``KIQ_TEST_LEDGER_URL``: a Redis that is not the one under test."""
+    global _LEDGER
+    if _LEDGER is None:
+        import redis
+        from redis.backoff import ExponentialBackoff
+        from redis.retry import Retry
+
+        _LEDGER = redis.Redis.from_url(os.environ["KIQ_TEST_LEDGER_URL"],
+                                       retry=Retry(ExponentialBackoff(cap=0.5, base=0.01), 20))
+    return _LEDGER
+
+
+_LEDGER = None
+
+
+@job
+def record_in_ledger(token, sleep=0.0):
+    """Like ``record_execution``, into ``ledger:<token>`` on the ledger Redis (which stays up
+    while the Redis the worker uses fails over: tests/test_sentinel.py)."""
+    import uuid
+
+    time.sleep(sleep)
+    _ledger().sadd(f"ledger:{token}", uuid.uuid4().hex)

@@ -21,7 +21,10 @@ _default: Storage | None = None
 def from_settings(settings) -> Storage:
     from .connection import build_client
 
-    client = build_client(settings.redis_url, settings.redis_cache_alias, settings.redis_options)
+    client = build_client(settings.redis_url, settings.redis_cache_alias, settings.redis_options,
+                          sentinels=settings.redis_sentinels,
+                          sentinel_master=settings.redis_sentinel_master,
+                          sentinel_options=settings.redis_sentinel_options)
     return Storage(client, Keys(settings.namespace), dead_max_jobs=settings.dead_max_jobs,
                    dead_timeout=settings.dead_timeout)
 

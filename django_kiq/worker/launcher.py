@@ -106,7 +106,10 @@ class Launcher:
         return 0
 
     def _redis_label(self) -> str:
-        kwargs = self.store.client.connection_pool.connection_kwargs
+        pool = self.store.client.connection_pool
+        kwargs = pool.connection_kwargs
+        if getattr(pool, "service_name", None):  # Sentinel: the master's address may change
+            return f"sentinel master {pool.service_name}/{kwargs.get('db', 0)}"
         return f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}/" \
                f"{kwargs.get('db', 0)}"
 

@@ -242,10 +242,18 @@ class Manager:
         return min(MAX_PREFETCH_PER_THREAD * self.concurrency, int(per_thread * self.concurrency))
 
     def _dispatch(self, jobs: list[tuple[str, bytes]]) -> None:
-        if jobs:
-            with self._cond:
+        if not jobs:
+            return
+        with self._cond:
+            if not self._quiet.is_set():
                 self._buffer.extend(jobs)
                 self._cond.notify(len(jobs))
+                return
+        # Fetched by a call that was in flight when quiet() emptied the buffer. Buffered now, they
+        # would start during the shutdown after stop() stopped waiting (run, then requeued or cut
+        # off), or stay in the in-progress list until PROCESS_TTL, counted as a recovery. Give
+        # them back like quiet() does (the check is under the lock quiet() empties the buffer in).
+        self._settle_retrying(plan_requeue(reversed(jobs)), deadline=time.monotonic() + 10)
 
     def _flush_acks(self, deadline: float) -> None:
         with self._cond:
