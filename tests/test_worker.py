@@ -243,3 +243,15 @@ def test_poison_job_goes_dead_after_poison_limit(redis_client, worker_factory):
     wait_for(lambda: _runs(redis_client).get("innocent") == 1)
     _stop(survivor, redis_client)
     _assert_clean(redis_client)
+
+
+def test_fetcher_survives_a_non_transient_redis_error(redis_client, worker_factory):
+    redis_client.set("queue:broken", "not a list")  # every fetch fails with WRONGTYPE
+    jobs.record.enqueue("waiting")
+    worker = worker_factory("-c", "1", "-q", "broken", "-q", "default")
+    wait_for(lambda: "WRONGTYPE" in worker.output(), timeout=10)
+    assert not _runs(redis_client)
+    redis_client.delete("queue:broken")
+    wait_for(lambda: _runs(redis_client).get("waiting") == 1, timeout=15,
+             message="the fetcher thread did not survive the error")
+    _stop(worker, redis_client)

@@ -187,7 +187,9 @@ class Manager:
                 self.store.settle(self.identity, entries)
                 backoff.ok()
                 return True
-            except TRANSIENT_ERRORS as exc:
+            except Exception as exc:  # any error: the jobs stay in progress, never dropped
+                if not isinstance(exc, TRANSIENT_ERRORS):
+                    logger.exception("unexpected error writing %d job outcome(s)", len(entries))
                 if deadline is not None and time.monotonic() >= deadline:
                     logger.error("could not write %d job outcome(s); they stay in progress "
                                  "and will be recovered", len(entries))
@@ -214,7 +216,11 @@ class Manager:
                     self._dispatch(self.fetcher.reconcile(self._known() + acks))
                     reconcile = False
                 jobs = self.fetcher.fetch(max(free, 0), acks)
-            except TRANSIENT_ERRORS as exc:
+            except Exception as exc:
+                # Transient or not (an UNBLOCKED reply after REPLICAOF, say), the thread lives
+                # on: a dead fetcher under a live heartbeat would strand the process's jobs.
+                if not isinstance(exc, TRANSIENT_ERRORS):
+                    logger.exception("fetcher: unexpected error; retrying")
                 with self._cond:
                     self._acks[:0] = acks  # LREM is harmless to repeat if it did run
                 reconcile = True
@@ -281,5 +287,7 @@ class Manager:
                     self._idle.clear()
                     self._wake.set()
                 backoff.ok()
-            except TRANSIENT_ERRORS as exc:
+            except Exception as exc:  # the waiter must outlive any error, like the fetcher
+                if not isinstance(exc, TRANSIENT_ERRORS):
+                    logger.exception("waiter on %s: unexpected error; retrying", queue)
                 backoff.failed(exc)
