@@ -288,6 +288,16 @@ class Storage(SetOps, PeriodicOps, ResultOps):
     def signal(self, identity: str, name: str) -> None:
         self.client.lpush(self.keys.signals(identity), name)
 
+    def describe(self) -> str:
+        """Where this storage points, for banners and logs (no password)."""
+        pool = self.client.connection_pool
+        kwargs = pool.connection_kwargs
+        if getattr(pool, "service_name", None):  # Sentinel: the master's address may change
+            return f"sentinel master {pool.service_name}/{kwargs.get('db', 0)}"
+        where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '')}"
+        namespace = f" namespace {self.keys.namespace!r}" if self.keys.namespace else ""
+        return f"{where}/{kwargs.get('db', 0)}{namespace}"
+
     def round_trip_us(self) -> int:
         start = time.perf_counter()
         self.client.ping()

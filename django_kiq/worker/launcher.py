@@ -88,7 +88,7 @@ class Launcher:
     def run(self) -> int:
         self._install_signals()
         logger.info("django-kiq %s starting: identity=%s redis=%s queues=%s concurrency=%d",
-                    __version__, self.identity, self._redis_label(),
+                    __version__, self.identity, self.store.describe(),
                     ",".join(f"{n}:{w}" for n, w in self.queues), self.concurrency)
         self._register()
         self.manager.start()
@@ -104,14 +104,6 @@ class Launcher:
                 self.dump_threads()
         self._shutdown(heartbeat)
         return 0
-
-    def _redis_label(self) -> str:
-        pool = self.store.client.connection_pool
-        kwargs = pool.connection_kwargs
-        if getattr(pool, "service_name", None):  # Sentinel: the master's address may change
-            return f"sentinel master {pool.service_name}/{kwargs.get('db', 0)}"
-        return f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}/" \
-               f"{kwargs.get('db', 0)}"
 
     def _register(self) -> None:
         """Announce ourselves before the first fetch; wait for Redis if it is down."""

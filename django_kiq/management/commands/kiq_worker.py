@@ -71,7 +71,7 @@ class Command(BaseCommand):
     def _banner(self, launcher: Launcher) -> str:
         queues = ", ".join(f"{n} (weight {w})" for n, w in launcher.queues)
         return (f"django-kiq {__version__} worker {launcher.identity}\n"
-                f"  redis:       {launcher._redis_label()}\n"
+                f"  redis:       {launcher.store.describe()}\n"
                 f"  queues:      {queues} ({'strict' if launcher.manager.fetcher.order.strict else 'weighted'})\n"
                 f"  concurrency: {launcher.concurrency}\n"
                 f"  timeout:     {launcher.timeout}s")
