@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+from bench.infra import rss_kb
+
 from .ledger import Verdict, drain, phantoms, tally
 from .scenarios import cluster, say
 
@@ -131,17 +133,6 @@ def redis_down(workdir: Path, quick: bool) -> list[Verdict]:
     return [v]
 
 
-def _rss_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def memory(workdir: Path, quick: bool) -> list[Verdict]:
     """One worker runs 1,000,000 no-op jobs: RSS stays within 10% of its level at 10,000."""
     from .jobs import noop
@@ -164,7 +155,7 @@ def memory(workdir: Path, quick: bool) -> list[Verdict]:
                 pipe.llen(key)
             left = sum(pipe.execute())
             processed = total - left
-            samples.append((processed, _rss_kb(worker.pid), time.monotonic() - begin))
+            samples.append((processed, rss_kb(worker.pid), time.monotonic() - begin))
             if left == 0 or not worker.alive():
                 break
             if len(samples) % 30 == 0:
