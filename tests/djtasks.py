@@ -5,11 +5,11 @@ Tasks record what they did in Redis keys under ``test:`` (the claimed test DB).
 """
 
 import asyncio
-import time
 
 from django.tasks import task
 
 from django_kiq import storage
+from tests.jobs import wait_for_release
 
 
 def _redis():
@@ -59,11 +59,7 @@ def flaky(token, succeed_on):
 @task
 def block_until_released(token, limit=20.0):
     """Mark the start, then wait until a test sets ``test:release`` (or ``limit`` passes)."""
-    client = _redis()
-    client.hincrby("test:started", token, 1)
-    deadline = time.monotonic() + limit
-    while not client.exists("test:release") and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for_release(token, limit)
     return token
 
 

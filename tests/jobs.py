@@ -94,15 +94,20 @@ def add(a, b):
     return a + b
 
 
-@job
-def block_until_released(token, limit=30.0):
-    """Mark the start, then wait until a test sets ``test:release`` (or ``limit`` passes)."""
+def wait_for_release(token, limit):
+    """Mark ``token`` started, then wait until a test sets ``test:release`` (or ``limit``)."""
     client = _redis()
     client.hincrby("test:started", token, 1)
     deadline = time.monotonic() + limit
     while not client.exists("test:release") and time.monotonic() < deadline:
         time.sleep(0.02)
-    client.hincrby("test:runs", token, 1)
+
+
+@job
+def block_until_released(token, limit=30.0):
+    """Mark the start, wait for ``test:release``, then count a completed run."""
+    wait_for_release(token, limit)
+    _redis().hincrby("test:runs", token, 1)
 
 
 def _retrying_redis():
