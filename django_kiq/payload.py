@@ -87,6 +87,26 @@ def build(*, name: str, args: tuple | list, kwargs: dict, queue: str, now: float
     return job
 
 
+def ready_for_queue(job: dict[str, Any], now: float, *,
+                    default_queue: str = "default") -> dict[str, Any]:
+    """The hash as it goes onto its queue: no ``at``, ``enqueued_at`` = now, a queue named.
+
+    The one place a job is readied for its queue (client, scheduler, cron, API moves, test
+    modes, the django.tasks backend), so the copies cannot disagree. Returns a new dict; like
+    Sidekiq, a queued member never carries ``at`` (a Ruby poller would schedule it again).
+    """
+    ready = {key: value for key, value in job.items() if key != "at"}
+    ready["enqueued_at"] = now
+    if not isinstance(ready.get("queue"), str) or not ready["queue"]:
+        ready["queue"] = default_queue
+    return ready
+
+
+def for_schedule(job: dict[str, Any]) -> dict[str, Any]:
+    """The hash as it waits in the schedule set: its time lives in the score only."""
+    return {key: value for key, value in job.items() if key != "at"}
+
+
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False)
 
 
