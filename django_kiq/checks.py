@@ -11,14 +11,9 @@ from typing import Any
 
 from django.core.checks import Error, Tags, Warning, register
 
-from .conf import DEFAULTS, raw_settings
+from .conf import DEFAULTS, NUMBERS, raw_settings
 from .registry import QUEUE_NAME, validate_cron
 
-NUMBERS = {"CONCURRENCY": (int, 1), "POISON_LIMIT": (int, 1), "MAX_RETRIES": (int, 0),
-           "DEAD_MAX_JOBS": (int, 1), "MAX_PAYLOAD_BYTES": (int, 1),
-           "TIMEOUT": ((int, float), 0), "PROCESS_TTL": ((int, float), 1),
-           "HEARTBEAT_INTERVAL": ((int, float), 0.01), "DEAD_TIMEOUT": ((int, float), 1),
-           "POLL_INTERVAL_MAX": ((int, float), 0.01)}
 LISTS = ("IMPORTS", "ERROR_HANDLERS", "DEATH_HANDLERS", "CLIENT_MIDDLEWARE", "SERVER_MIDDLEWARE")
 
 
@@ -92,7 +87,7 @@ def _check_periodic(raw: dict) -> list:
     errors = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("job"), str):
-            errors.append(_error(f"KIQ['PERIODIC'][{i}] needs a 'job' name and a 'cron'.", 12))
+            errors.append(_error(f"KIQ['PERIODIC'][{i}] needs a 'job' name and a 'cron'.", 17))
             continue
         try:
             validate_cron(entry.get("cron"), entry.get("timezone"), where=f"PERIODIC[{i}]")
@@ -114,7 +109,7 @@ def _check_sentinel(raw: dict) -> list:
                              "monitor when KIQ['REDIS_SENTINELS'] is set.", 15))
     elif sentinels and raw["REDIS_CACHE_ALIAS"] is not None:
         errors.append(_error("KIQ['REDIS_SENTINELS'] and KIQ['REDIS_CACHE_ALIAS'] exclude each "
-                             "other.", 15, hint="Configure Sentinel in the cache instead."))
+                             "other.", 18, hint="Configure Sentinel in the cache instead."))
     if not isinstance(raw["REDIS_SENTINEL_OPTIONS"], dict):
         errors.append(_error("KIQ['REDIS_SENTINEL_OPTIONS'] must be a dict of connection "
                              "arguments for the sentinels.", 16))

@@ -13,74 +13,79 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-DEFAULTS: dict[str, Any] = {
-    "REDIS_URL": "redis://127.0.0.1:6379/0",
-    "REDIS_CACHE_ALIAS": None,
-    "REDIS_OPTIONS": {},
-    # Redis Sentinel: [(host, port), ...] and the master's name; REDIS_URL then gives only the
-    # database number and credentials. REDIS_SENTINEL_OPTIONS: connection arguments for the
-    # sentinels themselves (e.g. their password).
-    "REDIS_SENTINELS": [],
-    "REDIS_SENTINEL_MASTER": None,
-    "REDIS_SENTINEL_OPTIONS": {},
-    "NAMESPACE": "",
-    "CONCURRENCY": 5,
-    "QUEUES": ["default"],
-    "TIMEOUT": 25.0,
-    "PROCESS_TTL": 60.0,
-    "HEARTBEAT_INTERVAL": 10.0,
-    "POISON_LIMIT": 3,
-    "ENQUEUE_ON_COMMIT": True,
-    "IMPORTS": [],
-    "MAX_RETRIES": 25,
-    "DEAD_MAX_JOBS": 10_000,
-    "DEAD_TIMEOUT": 180 * 24 * 3600,
-    "ERROR_HANDLERS": [],
-    "DEATH_HANDLERS": [],
-    "CLIENT_MIDDLEWARE": [],
-    "SERVER_MIDDLEWARE": [],
-    "PERIODIC": [],
-    "TESTING": None,
-    "POLL_INTERVAL_MAX": 0.5,
-    "MAX_PAYLOAD_BYTES": 1024 * 1024,
-    "TAG": "",
-}
+def _setting(default: Any, *, minimum: float | None = None, number: type | tuple = (),
+             as_tuple: bool = False) -> Any:
+    """Declare one setting: its default and, for numbers, the smallest valid value.
+
+    Each ``KIQ`` key is declared once, here, as a field of :class:`KiqSettings`; the defaults,
+    the list of valid keys and the system checks' number rules are all derived from it.
+    """
+    metadata = {"minimum": minimum, "number": number, "as_tuple": as_tuple}
+    if isinstance(default, (dict, list)):
+        factory = (lambda: tuple(default)) if as_tuple else (lambda: type(default)(default))
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+_FLOAT = (int, float)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KiqSettings:
-    """Validated-enough values; ``checks.py`` reports what is wrong in detail."""
+    """``settings.KIQ``, one field per key (the key is the field name upper-cased).
 
-    redis_url: str
-    redis_cache_alias: str | None
-    redis_options: dict = field(default_factory=dict)
-    redis_sentinels: tuple = ()
-    redis_sentinel_master: str | None = None
-    redis_sentinel_options: dict = field(default_factory=dict)
-    namespace: str
-    concurrency: int
-    queues: tuple[str, ...]
-    timeout: float
-    process_ttl: float
-    heartbeat_interval: float
-    poison_limit: int
-    enqueue_on_commit: bool
-    imports: tuple[str, ...]
-    max_retries: int
-    dead_max_jobs: int
-    dead_timeout: float
-    error_handlers: tuple[str, ...]
-    death_handlers: tuple[str, ...]
-    client_middleware: tuple[str, ...]
-    server_middleware: tuple[str, ...]
-    periodic: tuple[dict, ...]
-    testing: str | None
-    poll_interval_max: float
-    max_payload_bytes: int
-    tag: str
+    Values are validated enough to run; ``checks.py`` reports what is wrong in detail.
+    """
+
+    redis_url: str = _setting("redis://127.0.0.1:6379/0")
+    redis_cache_alias: str | None = _setting(None)
+    redis_options: dict = _setting({})
+    # Redis Sentinel: [(host, port), ...] and the master's name; REDIS_URL then gives only the
+    # database number and credentials. REDIS_SENTINEL_OPTIONS: connection arguments for the
+    # sentinels themselves (e.g. their password).
+    redis_sentinels: tuple = _setting([], as_tuple=True)
+    redis_sentinel_master: str | None = _setting(None)
+    redis_sentinel_options: dict = _setting({})
+    namespace: str = _setting("")
+    concurrency: int = _setting(5, minimum=1, number=int)
+    queues: tuple[str, ...] = _setting(["default"], as_tuple=True)
+    timeout: float = _setting(25.0, minimum=0, number=_FLOAT)
+    process_ttl: float = _setting(60.0, minimum=1, number=_FLOAT)
+    heartbeat_interval: float = _setting(10.0, minimum=0.01, number=_FLOAT)
+    poison_limit: int = _setting(3, minimum=1, number=int)
+    enqueue_on_commit: bool = _setting(True)
+    imports: tuple[str, ...] = _setting([], as_tuple=True)
+    max_retries: int = _setting(25, minimum=0, number=int)
+    dead_max_jobs: int = _setting(10_000, minimum=1, number=int)
+    dead_timeout: float = _setting(180 * 24 * 3600, minimum=1, number=_FLOAT)
+    error_handlers: tuple[str, ...] = _setting([], as_tuple=True)
+    death_handlers: tuple[str, ...] = _setting([], as_tuple=True)
+    client_middleware: tuple[str, ...] = _setting([], as_tuple=True)
+    server_middleware: tuple[str, ...] = _setting([], as_tuple=True)
+    periodic: tuple[dict, ...] = _setting([], as_tuple=True)
+    testing: str | None = _setting(None)
+    poll_interval_max: float = _setting(0.5, minimum=0.01, number=_FLOAT)
+    max_payload_bytes: int = _setting(1024 * 1024, minimum=1, number=int)
+    tag: str = _setting("")
 
     def replace(self, **changes: Any) -> "KiqSettings":
         return dataclasses.replace(self, **changes)
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+        return list(value) if isinstance(value, tuple) else value
+    return f.default
+
+
+SETTINGS: tuple[dataclasses.Field, ...] = dataclasses.fields(KiqSettings)
+#: Every valid ``KIQ`` key and its default, derived from :class:`KiqSettings`.
+DEFAULTS: dict[str, Any] = {f.name.upper(): _default_of(f) for f in SETTINGS}
+#: Number settings: key -> (accepted types, smallest valid value), for the system checks.
+NUMBERS: dict[str, tuple[type | tuple, float]] = {
+    f.name.upper(): (f.metadata["number"], f.metadata["minimum"])
+    for f in SETTINGS if f.metadata["minimum"] is not None}
 
 
 _lock = threading.Lock()
@@ -98,9 +103,8 @@ def raw_settings() -> dict[str, Any]:
 
 
 def _build(raw: dict[str, Any]) -> KiqSettings:
-    tuples = ("REDIS_SENTINELS", "QUEUES", "IMPORTS", "ERROR_HANDLERS", "DEATH_HANDLERS",
-              "CLIENT_MIDDLEWARE", "SERVER_MIDDLEWARE", "PERIODIC")
-    values = {key.lower(): (tuple(raw[key]) if key in tuples else raw[key]) for key in DEFAULTS}
+    values = {f.name: (tuple(raw[f.name.upper()]) if f.metadata["as_tuple"]
+                       else raw[f.name.upper()]) for f in SETTINGS}
     return KiqSettings(**values)
 
 

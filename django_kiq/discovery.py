@@ -11,11 +11,11 @@ import importlib
 
 from django.utils.module_loading import autodiscover_modules
 
-from .conf import raw_settings
+from .conf import get_settings
 
 
 def autodiscover() -> None:
     autodiscover_modules("jobs")
     autodiscover_modules("tasks")
-    for module in raw_settings().get("IMPORTS") or ():
+    for module in get_settings().imports:
         importlib.import_module(module)

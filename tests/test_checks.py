@@ -34,10 +34,37 @@ def test_valid_settings_pass():
     ({"IMPORTS": "tests.jobs"}, "django_kiq.E009"),
     ({"TESTING": "yes"}, "django_kiq.E010"),
     ({"PERIODIC": [{"job": "tests.jobs.record", "cron": "whenever"}]}, "django_kiq.E013"),
-    ({"PERIODIC": [{"cron": "* * * * *"}]}, "django_kiq.E012"),
+    ({"PERIODIC": {"job": "x"}}, "django_kiq.E012"),
+    ({"PERIODIC": [{"cron": "* * * * *"}]}, "django_kiq.E017"),
+    ({"REDIS_SENTINELS": [("127.0.0.1", 26379)]}, "django_kiq.E015"),
+    ({"REDIS_SENTINELS": [("127.0.0.1", 26379)], "REDIS_SENTINEL_MASTER": "m",
+      "REDIS_CACHE_ALIAS": "default"}, "django_kiq.E018"),
 ])
 def test_bad_settings_are_errors(kiq, error_id):
     assert error_id in _ids(**kiq)
+
+
+def test_each_check_id_names_one_problem():
+    """Every ``_error(..., N)`` call site in checks.py uses its own N (ids are documented)."""
+    import ast
+    import inspect
+
+    from django_kiq import checks
+
+    numbers = [node.args[1].value for node in ast.walk(ast.parse(inspect.getsource(checks)))
+               if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "_error"]
+    assert len(numbers) == len(set(numbers)), sorted(numbers)
+
+
+def test_every_setting_is_declared_once():
+    """DEFAULTS, the valid keys and the number rules all come from KiqSettings' fields."""
+    import dataclasses
+
+    from django_kiq.conf import DEFAULTS, NUMBERS, KiqSettings
+
+    assert list(DEFAULTS) == [f.name.upper() for f in dataclasses.fields(KiqSettings)]
+    assert set(NUMBERS) <= set(DEFAULTS)
+    assert KiqSettings().concurrency == DEFAULTS["CONCURRENCY"]
 
 
 def test_settings_not_a_dict():
