@@ -4,7 +4,7 @@ Entries come from ``@job(cron=..., timezone=...)`` (named after the job) and fro
 ``KIQ["PERIODIC"]`` (named ``"name"`` or ``"<job>:<cron>"``). :func:`entries` builds the list in
 the calling process (worker start-up, admin) and raises ``ImproperlyConfigured`` on an unknown
 job, a bad cron, a bad argument or a duplicate name. The ticking itself runs on the worker's
-``kiq-cron`` thread (:mod:`django_kiq.worker.periodic`); :func:`records`, :func:`pause`,
+``kiq-cron`` thread (:mod:`django_kiq.worker.cron_ticker`); :func:`records`, :func:`pause`,
 :func:`resume` and :func:`enqueue_now` read and change the state it shares through Redis (via
 storage verbs only), from any process.
 

@@ -20,7 +20,7 @@ from django.test import override_settings
 from django_kiq import payload, periodic, registry
 from django_kiq.conf import get_settings
 from django_kiq.periodic import PeriodicEntry
-from django_kiq.worker.periodic import CronTicker
+from django_kiq.worker.cron_ticker import CronTicker
 from tests import jobs  # noqa: F401 - registers the jobs entries name
 from tests.conftest import wait_for
 

@@ -16,7 +16,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 from django.urls import path
 
-from .views import busy, dashboard, job, metrics, periodic, queues, sets
+from .views import busy, dashboard, job, metrics, periodic_page, queues, sets
 from .views.base import MANAGE_PERM, VIEW_PERM, kiq_view
 
 
@@ -55,6 +55,6 @@ class JobsAdmin(admin.ModelAdmin):
             *(path(f"{slug}/", page(sets.job_set, actions=True, slug=slug),
                    name=f"django_kiq_{slug}") for slug in sets.PAGES),
             path("job/<slug:slug>/<path:key>/", page(job.set_job), name="django_kiq_job"),
-            path("periodic/", page(periodic.periodic, actions=True), name="django_kiq_periodic"),
+            path("periodic/", page(periodic_page.periodic, actions=True), name="django_kiq_periodic"),
             path("metrics/", page(metrics.metrics), name="django_kiq_metrics"),
         ]

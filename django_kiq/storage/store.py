@@ -18,7 +18,7 @@ from pathlib import Path
 import redis
 
 from .keys import Keys
-from .periodic import PeriodicOps
+from .cron_state import PeriodicOps
 from .results import ResultOps
 from .sets import SetOps
 

@@ -14,7 +14,7 @@ from django_kiq.conf import get_settings
 from django_kiq.registry import QUEUE_NAME
 from django_kiq.worker.fetcher import parse_queue_args
 from django_kiq.worker.launcher import Launcher
-from django_kiq.worker.periodic import CronTicker
+from django_kiq.worker.cron_ticker import CronTicker
 
 
 class Command(BaseCommand):
