@@ -9,12 +9,14 @@ rollback pushes nothing. The jid is returned at once either way.
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 
 from . import payload, storage
@@ -82,21 +84,54 @@ def _submit(job_obj, items: list[tuple[tuple, dict]], at: float | None) -> list[
     return submit_payloads(jobs, settings)
 
 
-def submit_payloads(jobs: list[dict[str, Any]], settings: KiqSettings | None = None, *,
-                    on_commit: bool | None = None,
-                    push: Callable[[list[dict[str, Any]], KiqSettings], None] | None = None,
-                    ) -> list[str | None]:
-    """Run client middleware over ready job hashes and push (or schedule) the survivors.
+class Writer(Protocol):
+    """The last step of the enqueue pipeline: write accepted job hashes somewhere.
 
-    Also the entry point for callers that build hashes themselves (django.tasks backend, API).
-    ``on_commit`` overrides ``KIQ["ENQUEUE_ON_COMMIT"]`` for these jobs; ``push`` replaces
-    :func:`push_now` as the writer (the django.tasks backend writes a result record with each job).
+    Called with the jobs that survived client middleware, at once or at commit. A writer that
+    encodes each job anyway says so with ``checks_size = True`` and checks the size as it
+    encodes (so a job is encoded once); otherwise the pipeline checks sizes before calling it.
+    """
+
+    checks_size: bool
+
+    def __call__(self, jobs: list[dict[str, Any]], settings: KiqSettings) -> None: ...
+
+
+#: The writers of ``KIQ["TESTING"]`` modes, registered by ``django_kiq.testing`` on import.
+_test_writers: dict[str, Writer] = {}
+
+
+def register_test_writer(mode: str, writer: Writer) -> None:
+    _test_writers[mode] = writer
+
+
+def _test_writer(mode: str) -> Writer:
+    if mode not in _test_writers:
+        # The test modes live in django_kiq.testing, which registers its writers when imported;
+        # a project may switch a mode on through settings alone, before anything imported it.
+        importlib.import_module("django_kiq.testing")
+    try:
+        return _test_writers[mode]
+    except KeyError:
+        raise ImproperlyConfigured(
+            f"KIQ['TESTING'] is {mode!r}; use None, 'inline' or 'fake'") from None
+
+
+def submit_payloads(jobs: list[dict[str, Any]], settings: KiqSettings | None = None, *,
+                    on_commit: bool | None = None, writer: Writer | None = None,
+                    ) -> list[str | None]:
+    """The one enqueue pipeline: client middleware -> size check -> on-commit -> a writer.
+
+    Every way of enqueueing ends here (``@job`` calls, the django.tasks backend, cron runs
+    started by hand, the API). ``on_commit`` overrides ``KIQ["ENQUEUE_ON_COMMIT"]`` for these
+    jobs; ``writer`` replaces the Redis writer (the django.tasks backend writes a result record
+    with each job). In a ``KIQ["TESTING"]`` mode the mode's writer runs instead of any other.
+    Returns each job's jid, or None where middleware dropped it.
     """
     settings = settings or get_settings()
     if settings.testing:
-        from . import testing
-
-        return testing.submit(jobs, settings, on_commit=on_commit)
+        writer = _test_writer(settings.testing)
+    writer = writer or REDIS_WRITER
     chain = client_chain(settings)
     # Middleware may return a new dict rather than the one it was given: pair results by position.
     results = [chain(job) for job in jobs]
@@ -104,14 +139,15 @@ def submit_payloads(jobs: list[dict[str, Any]], settings: KiqSettings | None = N
     jids = [job["jid"] if job is not None else None for job in results]
     if not accepted:
         return jids
-    writer = push or push_now
     defer = settings.enqueue_on_commit if on_commit is None else on_commit
-    if defer and transaction.get_connection().in_atomic_block:
-        for job in accepted:  # a too-large job must fail here, not at commit time
+    defer = defer and transaction.get_connection().in_atomic_block
+    if defer or not getattr(writer, "checks_size", False):  # a too-large job must fail here, not at commit time
+        for job in accepted:
             check_size(job, settings)
+    if defer:
         transaction.on_commit(lambda: writer(accepted, settings))
     else:
-        writer(accepted, settings)  # encodes each job once and checks its size before writing
+        writer(accepted, settings)
     return jids
 
 
@@ -142,11 +178,10 @@ def encode_for_push(jobs: list[dict[str, Any]], settings: KiqSettings, now: floa
         if at is not None and at > now:
             # Like Sidekiq, the time lives in the score only: a member carrying "at" would be
             # scheduled again by a Ruby poller's Client.push instead of reaching its queue.
-            raw = payload.encode({k: v for k, v in job.items() if k != "at"})
+            raw = payload.encode(payload.for_schedule(job))
             scheduled.append((at, raw))
         else:
-            job.pop("at", None)
-            job["enqueued_at"] = now
+            job = payload.ready_for_queue(job, now)
             raw = payload.encode(job)
             immediate.append((job["queue"], raw))
         check_size(job, settings, raw)
@@ -168,3 +203,16 @@ def push_now(jobs: list[dict[str, Any]], settings: KiqSettings | None = None) ->
         logger.error("enqueue failed for %d job(s) (%s): %s", len(jobs), jids, exc)
         raise EnqueueError(f"could not enqueue {len(jobs)} job(s) ({jids}): Redis error: {exc}",
                            jid=jobs[0]["jid"]) from exc
+
+
+
+class RedisWriter:
+    """The production writer: :func:`push_now`, which checks sizes as it encodes."""
+
+    checks_size = True
+
+    def __call__(self, jobs: list[dict[str, Any]], settings: KiqSettings) -> None:
+        push_now(jobs, settings)
+
+
+REDIS_WRITER = RedisWriter()

@@ -140,7 +140,7 @@ class KiqBackend(BaseTaskBackend):
         payload.check_args(result.args, result.kwargs)
         client.submit_payloads([self._job_hash(result)],
                                on_commit=self._option("enqueue_on_commit"),
-                               push=partial(self._push, result))
+                               writer=partial(self._push, result))
         return result
 
     def _job_hash(self, result: TaskResult) -> dict[str, Any]:

@@ -4,7 +4,8 @@
 hashes in the module-level list :data:`jobs` for assertions and :func:`drain`. In both modes
 client middleware and the size check run as in production, the job hash makes the JSON round
 trip it would make through Redis, ``KIQ["ENQUEUE_ON_COMMIT"]`` defers delivery to the commit,
-and no Redis command is sent. ``client.submit_payloads`` calls :func:`submit` instead of pushing.
+and no Redis command is sent: ``client.submit_payloads`` (the one enqueue pipeline) hands the jobs
+to this module's writer for the mode instead of the Redis writer.
 
 A job run here (inline, or by ``drain``) goes through ``KIQ["SERVER_MIDDLEWARE"]`` and is called
 exactly as a worker calls it (same :class:`JobContext`, same call), but without the worker's
@@ -25,8 +26,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from django.core.exceptions import ImproperlyConfigured
-from django.db import transaction
 
 from . import client, payload, registry
 from .conf import KiqSettings, get_settings
@@ -42,52 +41,33 @@ _lock = threading.Lock()
 _server_chains: dict[tuple[str, ...], Callable] = {}
 
 
-# -- the hook the client calls ---------------------------------------------------------------
+# -- the writers the client's pipeline calls in these modes ---------------------------------
 
-def submit(job_hashes: list[dict[str, Any]], settings: KiqSettings, *,
-           on_commit: bool | None = None) -> list[str | None]:
-    """Client middleware and size check, then run (inline) or collect (fake); no Redis.
+class _ModeWriter:
+    """Last step of ``client.submit_payloads`` in a test mode (middleware, the size check and
+    on-commit deferral have run): run each job now (inline) or collect it (fake). No Redis."""
 
-    ``on_commit`` overrides ``KIQ["ENQUEUE_ON_COMMIT"]``, as for ``client.submit_payloads``.
-    """
-    if settings.testing not in MODES:
-        raise ImproperlyConfigured(
-            f"KIQ['TESTING'] is {settings.testing!r}; use None, 'inline' or 'fake'")
-    chain = client.client_chain(settings)
-    results = [chain(job) for job in job_hashes]
-    accepted = [job for job in results if job is not None]
-    for job in accepted:
-        client.check_size(job, settings)
-    jids = [job["jid"] if job is not None else None for job in results]
-    if not accepted:
-        return jids
-    defer = settings.enqueue_on_commit if on_commit is None else on_commit
-    if defer and transaction.get_connection().in_atomic_block:
-        transaction.on_commit(lambda: _deliver(accepted, settings))
-    else:
-        _deliver(accepted, settings)
-    return jids
+    checks_size = False  # the pipeline checks sizes before calling us
+
+    def __init__(self, mode: str):
+        self.mode = mode
+
+    def __call__(self, accepted: list[dict[str, Any]], settings: KiqSettings) -> None:
+        now = time.time()
+        for job in accepted:
+            if self.mode == "inline":
+                _run(payload.ready_for_queue(job, now), settings)
+                continue
+            if job.get("at") is None or job["at"] <= now:
+                job = payload.ready_for_queue(job, now)
+            # What Redis would hold: a JSON round trip, so assertions see lists, not tuples.
+            stored = payload.decode(payload.encode(job))
+            with _lock:
+                jobs.append(stored)
 
 
-def _deliver(accepted: list[dict[str, Any]], settings: KiqSettings) -> None:
-    now = time.time()
-    for job in accepted:
-        if settings.testing == "inline":
-            _run(_enqueued(job, now), settings)
-            continue
-        if job.get("at") is None or job["at"] <= now:
-            job = _enqueued(job, now)
-        # What Redis would hold: a JSON round trip, so assertions see lists, not tuples.
-        stored = payload.decode(payload.encode(job))
-        with _lock:
-            jobs.append(stored)
-
-
-def _enqueued(job: dict[str, Any], now: float) -> dict[str, Any]:
-    """The hash as a worker fetches it: no ``at``, a fresh ``enqueued_at`` (as push_now does)."""
-    job = {key: value for key, value in job.items() if key != "at"}
-    job["enqueued_at"] = now
-    return job
+for _mode_name in MODES:
+    client.register_test_writer(_mode_name, _ModeWriter(_mode_name))
 
 
 # -- running one job -------------------------------------------------------------------------
@@ -165,7 +145,7 @@ def drain(job_or_name: Any = None, *, include_scheduled: bool = True) -> int:
     count = 0
     while (job := _take(name, include_scheduled)) is not None:
         if "at" in job:
-            job = _enqueued(job, time.time())
+            job = payload.ready_for_queue(job, time.time())
         count += 1
         _run(job, settings)
     return count
