@@ -149,7 +149,7 @@ class KiqBackend(BaseTaskBackend):
         meta = {"id": result.id, "backend": self.alias, "queue_name": task.queue_name,
                 "priority": task.priority, "run_after": _epoch(task.run_after),
                 "retry": self._option("retry") if count is None else count,
-                "enqueued_at": _epoch(result.enqueued_at)}
+                "task_retry": count, "enqueued_at": _epoch(result.enqueued_at)}
         options: dict[str, Any] = {"retry": meta["retry"], "display_class": task.module_path,
                                    "wrapped": task.module_path}
         if task.priority:
@@ -171,19 +171,18 @@ class KiqBackend(BaseTaskBackend):
             record = {**_static_fields(*job_hash["args"]), "status": TaskResultStatus.READY}
             now, at = time.time(), job_hash.get("at")
             deferred = at is not None and at > now
-            if not deferred:
-                job_hash.pop("at", None)
-                job_hash["enqueued_at"] = now
             # The schedule set keeps the time in the score only, as Sidekiq does.
-            raw = payload.encode({k: v for k, v in job_hash.items() if k != "at"})
-            client.check_size(job_hash, settings, raw)  # as push_now does: writers check size
+            ready = payload.for_schedule(job_hash) if deferred else \
+                payload.ready_for_queue(job_hash, now)
+            raw = payload.encode(ready)
+            client.check_size(ready, settings, raw)  # as push_now does: writers check size
             try:
                 if deferred:
                     store.schedule_task(job_hash["jid"], record, raw=raw, at=at,
                                         ttl=self.result_ttl + math.ceil(at - now))
                 else:
-                    store.push_task(job_hash["jid"], record, queue=job_hash["queue"], raw=raw,
-                                    priority=int(job_hash.get("priority") or 0),
+                    store.push_task(job_hash["jid"], record, queue=ready["queue"], raw=raw,
+                                    priority=int(ready.get("priority") or 0),
                                     ttl=self.result_ttl)
             except storage.RedisError as exc:
                 raise EnqueueError(f"could not enqueue task {result.task.module_path} "
@@ -294,7 +293,8 @@ def _static_fields(module_path: str, args: list, kwargs: dict, meta: dict) -> di
     a record that expired while its job waited."""
     return {"task": module_path, "backend": meta["backend"], "queue_name": meta["queue_name"],
             "priority": str(meta["priority"]), "run_after": _num(meta.get("run_after")),
-            "retry": str(meta.get("retry", 0)), "enqueued_at": _num(meta.get("enqueued_at")),
+            "retry": str(meta.get("retry", 0)), "task_retry": _int_text(meta.get("task_retry")),
+            "enqueued_at": _num(meta.get("enqueued_at")),
             "args": json.dumps(args), "kwargs": json.dumps(kwargs)}
 
 
@@ -302,10 +302,7 @@ def _result_from_record(result_id: str, record: dict[str, str], task: Task) -> T
     attempts = int(record.get("attempts") or 0)
     errors = sorted((int(k.partition(":")[2]), json.loads(v)) for k, v in record.items()
                     if k.startswith("error:"))
-    variant = _variant(task, priority=int(record.get("priority") or 0),
-                       queue_name=record.get("queue_name") or task.queue_name,
-                       run_after=_time(record.get("run_after")),
-                       backend=record.get("backend") or task.backend)
+    variant = _variant(task, **_options(record, task))
     result = TaskResult(
         task=variant, id=result_id, status=TaskResultStatus(record.get("status", "READY")),
         enqueued_at=_time(record.get("enqueued_at")), started_at=_time(record.get("started_at")),
@@ -319,6 +316,21 @@ def _result_from_record(result_id: str, record: dict[str, str], task: Task) -> T
     if "return_value" in record:
         _set(result, _return_value=json.loads(record["return_value"]))
     return result
+
+
+def _options(record: dict[str, str], task: Task) -> dict[str, Any]:
+    """The task options the record stores, so a result reads back with the task as enqueued
+    (``.using(...)`` included). ``task_retry`` is the task's own ``retry`` ("" = None, the
+    backend's OPTIONS decide); records written before it existed keep the task's."""
+    options: dict[str, Any] = {
+        "priority": int(record.get("priority") or 0),
+        "queue_name": record.get("queue_name") or task.queue_name,
+        "run_after": _time(record.get("run_after")),
+        "backend": record.get("backend") or task.backend}
+    stored = record.get("task_retry")  # read from Redis: anything else keeps the task's
+    if hasattr(task, "retry") and stored is not None and (stored == "" or stored.isdigit()):
+        options["retry"] = int(stored) if stored else None
+    return options
 
 
 def _variant(task: Task, **changes: Any) -> Task:
@@ -346,6 +358,10 @@ def _task_error(exc: BaseException) -> TaskError:
 
 def _epoch(moment: datetime | None) -> float | None:
     return None if moment is None else moment.timestamp()
+
+
+def _int_text(value: int | None) -> str:
+    return "" if value is None else str(value)
 
 
 def _num(value: float | None) -> str:
