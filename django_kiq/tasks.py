@@ -13,6 +13,9 @@ and result record, and holds no queueing logic of its own.
   modules already imported at start-up (never imports a path read from Redis), counts the
   attempt in the record, calls the task, records the outcome, sends Django's signals, and
   re-raises a failure so django-kiq's retry machinery decides what happens next.
+- When the worker stops with tasks still running, their jobs go back to their queues and
+  ``kiq_worker`` (main thread, after the launcher returned) calls :func:`release_interrupted`,
+  which sets those results back to READY.
 
 Lifecycle: Django builds one backend per alias and thread, on first use, often at import time
 (``@task``): construction only stores the configuration. Redis is reached at call time.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import socket
@@ -49,6 +53,7 @@ from .conf import KiqSettings
 from .exceptions import EnqueueError, UnknownJob
 from .registry import QUEUE_NAME, job
 
+logger = logging.getLogger("django_kiq.tasks")
 SHIM_NAME = "django_kiq.tasks.run_task"
 OPTION_DEFAULTS: dict[str, Any] = {"result_ttl": 86_400, "retry": 0, "enqueue_on_commit": True}
 
@@ -269,7 +274,40 @@ def run_task(module_path: str, args: list, kwargs: dict, meta: dict) -> None:
     if not isinstance(backend, KiqBackend):
         raise InvalidTaskBackend(f"task backend {meta['backend']!r} is not a KiqBackend in "
                                  "this worker; configure TASKS as in the enqueueing process")
-    backend.execute(module_path, args, kwargs, meta)
+    attempt = (str(meta["id"]), _worker_id())
+    with _running_lock:
+        _running[attempt] = backend.result_ttl
+    try:
+        backend.execute(module_path, args, kwargs, meta)
+    finally:
+        with _running_lock:
+            _running.pop(attempt, None)
+
+
+# Attempts this process's threads are running: (result id, worker id) -> the record's TTL.
+_running: dict[tuple[str, str], int] = {}
+_running_lock = threading.Lock()
+
+
+def release_interrupted() -> int:
+    """Mark READY again the results of the tasks still running when the worker stopped.
+
+    ``kiq_worker`` calls it once ``Launcher.run()`` has returned: a task running then was cut
+    off (a second Ctrl-C, or ``--timeout`` ran out), and its job was pushed back to its queue
+    (or left for orphan recovery) to run again, so its result must not say RUNNING while it
+    waits. ``task_release.lua`` leaves a record that another worker has started since.
+    Returns how many results changed.
+    """
+    with _running_lock:
+        attempts = list(_running.items())
+    store, released = storage.get_default(), 0
+    for (result_id, worker_id), ttl in attempts:
+        try:
+            released += store.release_task_attempt(result_id, worker_id=worker_id, ttl=ttl)
+        except storage.RedisError as exc:
+            logger.warning("task %s cut off by the stop still reads RUNNING: Redis error: %s",
+                           result_id, exc)
+    return released
 
 
 def find_task(module_path: str) -> Task | None:

@@ -51,3 +51,57 @@ def test_get_result_returns_the_task_as_enqueued_with_every_option(backend):
     # Retry 0 is an option too (not "unset").
     zero = djtasks.flaky.using(retry=0).enqueue("z", 1)
     assert backend.get_result(zero.id).task.retry == 0
+
+
+# -- 13: a task pushed back by a stopping worker reads READY while it waits ------------------------
+
+def _job_ids(redis_client, queue="default"):
+    return [json.loads(raw)["jid"] for raw in redis_client.lrange(f"queue:{queue}", 0, -1)]
+
+
+@pytest.mark.parametrize("stop", ["second-interrupt", "term-timeout"])
+def test_a_task_pushed_back_on_stop_reads_ready_then_runs(backend, redis_client,
+                                                         worker_factory, stop):
+    result = djtasks.block_until_released.enqueue("cut", 30)
+    args = ["-c", "1"] + (["--timeout", "0.3"] if stop == "term-timeout" else [])
+    first = worker_factory(*args, env=WORKER_ENV)
+    wait_for(lambda: redis_client.hget("test:started", "cut"), timeout=20,
+             message=f"task never started:\n{first.output()}")
+    result.refresh()
+    assert result.status == TaskResultStatus.RUNNING
+    if stop == "second-interrupt":
+        first.send(signal.SIGINT)
+        wait_for(lambda: "stopping" in first.output(), message=first.output())
+        first.send(signal.SIGINT)  # the second Ctrl-C: stop now, push the task back
+    else:
+        first.send(signal.SIGTERM)
+    assert first.wait(timeout=20) == 0, first.output()
+    assert result.id in _job_ids(redis_client), first.output()
+
+    result.refresh()
+    assert result.status == TaskResultStatus.READY, first.output()
+    assert result.attempts == 1 and result.errors == []
+
+    redis_client.set("test:release", 1)
+    second = worker_factory("-c", "1", env=WORKER_ENV)
+    wait_for(lambda: result.refresh() or result.status == TaskResultStatus.SUCCESSFUL,
+             timeout=20, message=second.output())
+    assert result.return_value == "cut" and result.attempts == 2
+    assert f":{second.pid}:" in result.worker_ids[1]
+
+
+def test_release_leaves_a_record_another_worker_started(backend, store):
+    """The conditional write: only the attempt that was cut off goes back to READY."""
+    from django_kiq.tasks import KiqBackend  # noqa: F401 - the backend writes the record
+
+    result = djtasks.add.enqueue(1, 2)
+    store.start_task_attempt(result.id, {"status": "RUNNING"}, worker_id="h:1:a", now=1.0,
+                             ttl=60)
+    store.start_task_attempt(result.id, {"status": "RUNNING"}, worker_id="h:2:b", now=2.0,
+                             ttl=60)
+    assert store.release_task_attempt(result.id, worker_id="h:1:a", ttl=60) is False
+    assert backend.get_result(result.id).status == TaskResultStatus.RUNNING
+    assert store.release_task_attempt(result.id, worker_id="h:2:b", ttl=60) is True
+    assert backend.get_result(result.id).status == TaskResultStatus.READY
+    assert store.release_task_attempt("0" * 24, worker_id="h:2:b", ttl=60) is False
+    assert not store.client.exists(store.keys.task_result("0" * 24))

@@ -4,7 +4,7 @@ priority-ordered push.
 A result is one HASH (``Keys.task_result``) of string fields that the backend encodes and
 decodes; this layer treats the values as opaque. Every write refreshes the record's TTL. The
 fields this layer itself names are ``attempts``, ``started_at`` and ``worker:<n>`` (see
-``task_attempt.lua``).
+``task_attempt.lua``), and ``status`` when an attempt is released (``task_release.lua``).
 
 A mixin of :class:`~django_kiq.storage.store.Storage`: methods use ``self.client``,
 ``self.keys`` and ``self._script``. Runs on the enqueueing thread (push) and on the worker's
@@ -28,6 +28,7 @@ class ResultOps:
         """Called by ``Storage.__init__``: register this mixin's Lua scripts."""
         self._task_enqueue = self._script("task_enqueue")
         self._task_attempt = self._script("task_attempt")
+        self._task_release = self._script("task_release")
 
     def push_task(self, result_id: str, record: Mapping[str, str], *, queue: str, raw: bytes,
                   priority: int, ttl: int) -> None:
@@ -53,6 +54,12 @@ class ResultOps:
         n, flat = self._task_attempt(keys=[self.keys.task_result(result_id)],
                                      args=[worker_id, repr(now), int(ttl), *_flat(fields)])
         return int(n), _decode_pairs(flat)
+
+    def release_task_attempt(self, result_id: str, *, worker_id: str, ttl: int) -> bool:
+        """The attempt ``worker_id`` was running was cut off: status READY again, unless the
+        record no longer says that attempt is running. True if it changed."""
+        return bool(self._task_release(keys=[self.keys.task_result(result_id)],
+                                       args=[worker_id, int(ttl)]))
 
     def update_task_result(self, result_id: str, fields: Mapping[str, str], *, ttl: int) -> None:
         """Set fields of a record and refresh its TTL (one key: a MULTI is atomic enough)."""

@@ -1,20 +1,37 @@
-"""``manage.py kiq_worker``: options -> settings -> ``Launcher.run()``; nothing else."""
+"""``manage.py kiq_worker``: options -> settings -> ``Launcher.run()``; nothing else.
+
+Around the run: it waits for Redis before building the launcher (or exits, with
+``--exit-on-redis-error``), and after the run hands the django.tasks results of tasks the stop
+cut off back to READY (``tasks.release_interrupted``).
+"""
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 from django.core.checks import Tags
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
-from django_kiq import __version__, periodic, storage
+from django_kiq import __version__, periodic, storage, tasks
 from django_kiq.conf import get_settings
 from django_kiq.registry import QUEUE_NAME
 from django_kiq.worker.fetcher import parse_queue_args
 from django_kiq.worker.launcher import Launcher
+from django_kiq.worker.loop import MAX_BACKOFF
 from django_kiq.worker.cron_ticker import CronTicker
+
+logger = logging.getLogger("django_kiq.worker")
+T = TypeVar("T")
+
+
+class _StopWaiting(Exception):
+    """INT or TERM arrived while the worker waited for Redis."""
 
 
 class Command(BaseCommand):
@@ -30,11 +47,13 @@ class Command(BaseCommand):
         parser.add_argument("--timeout", type=float, default=None,
                             help="seconds to wait for running jobs on shutdown (default 25)")
         parser.add_argument("--tag", default=None, help="a label shown in the admin")
+        parser.add_argument("--exit-on-redis-error", action="store_true",
+                            help="exit (status 1, one line) when Redis cannot be reached at "
+                                 "start, instead of waiting for it")
 
     def handle(self, *args, **options) -> None:
         self._check_queue_names(options["queue"])
         self.check(tags=["django_kiq"])
-        self.check(tags=[Tags.database], fail_level=40)  # warnings are printed, not fatal
         settings = get_settings()
         try:
             queues, strict = parse_queue_args(options["queue"] or settings.queues)
@@ -48,16 +67,61 @@ class Command(BaseCommand):
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from None
         self._configure_logging(options["verbosity"])
-        launcher = Launcher(
-            settings=settings, store=storage.get_default(), queues=queues, strict=strict,
+        store, exit_on_error = storage.get_default(), options["exit_on_redis_error"]
+        self._until_redis(store.round_trip_us, store, exit_on_error)
+        # After the wait: the Redis checks (eviction policy) then see the server.
+        self.check(tags=[Tags.database], fail_level=40)  # warnings are printed, not fatal
+        launcher = self._until_redis(lambda: Launcher(
+            settings=settings, store=store, queues=queues, strict=strict,
             concurrency=concurrency,
             timeout=settings.timeout if options["timeout"] is None else options["timeout"],
             tag=options["tag"] if options["tag"] is not None else settings.tag,
             extra_threads=[lambda launcher: CronTicker(
                 store=launcher.store, identity=launcher.identity, settings=settings,
-                entries=entries)] if entries else [])
+                entries=entries)] if entries else []), store, exit_on_error)
         self.stdout.write(self._banner(launcher))
-        sys.exit(launcher.run())
+        code = launcher.run()
+        # Tasks still running were cut off and pushed back: their results read READY again.
+        tasks.release_interrupted()
+        sys.exit(code)
+
+    def _until_redis(self, attempt: Callable[[], T], store: storage.Storage,
+                     exit_on_error: bool) -> T:
+        """``attempt()``'s value once Redis answers.
+
+        While Redis is unreachable: one log line per try, then a pause growing to MAX_BACKOFF,
+        as the worker's threads do after a disconnect; INT or TERM end the wait (exit 0). With
+        ``exit_on_error``: a CommandError naming the reason (one line, exit status 1). Another
+        Redis error (a refused command, a bad password) is no reason to wait: it ends the start.
+        """
+        tries, delay, stop, previous = 0, 0.0, threading.Event(), {}
+        try:
+            while True:
+                try:
+                    value = attempt()
+                except storage.RedisError as exc:
+                    reason = f"cannot reach Redis at {store.describe()}: {_one_line(exc)}"
+                    if not isinstance(exc, storage.TRANSIENT_ERRORS):
+                        raise CommandError(f"Redis at {store.describe()} refused the start: "
+                                           f"{_one_line(exc)}") from None
+                    if exit_on_error:
+                        raise CommandError(reason) from None
+                    if not previous:
+                        previous = _stop_on_signals(stop)
+                    tries, delay = tries + 1, min(MAX_BACKOFF, delay * 2 or 0.5)
+                    logger.warning("%s Retrying in %.1fs (try %d).", reason, delay, tries)
+                    if stop.wait(delay):
+                        raise _StopWaiting
+                    continue
+                if tries:
+                    logger.info("Redis at %s answers; starting", store.describe())
+                return value
+        except _StopWaiting:
+            logger.info("stopped while waiting for Redis")
+            sys.exit(0)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     @staticmethod
     def _check_queue_names(specs: list[str]) -> None:
@@ -85,3 +149,16 @@ class Command(BaseCommand):
             log.setLevel(logging.DEBUG)
         elif log.level == logging.NOTSET:
             log.setLevel(logging.INFO)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _stop_on_signals(stop: threading.Event) -> dict:
+    """INT and TERM set ``stop`` (no KeyboardInterrupt traceback); returns the old handlers.
+    Only the main thread may set handlers: elsewhere (``call_command`` in a thread) none."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, lambda *_: stop.set())
+            for sig in (signal.SIGINT, signal.SIGTERM)}
