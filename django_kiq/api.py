@@ -10,20 +10,21 @@ acts on that very member and never rewrites a job by accident.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import datetime as dt
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import ClassVar
 
 from . import payload, storage
 from .exceptions import MalformedPayload
-from .records import (DEFAULT_QUEUE, STANDIN_PREFIX, JobMetrics, JobRecord, ProcessRecord,
-                      SearchPage, WorkRecord, job_metrics, parse_key, process_record,
-                      decode_record)
+from .records import (DEFAULT_QUEUE, JobMetrics, JobRecord, ProcessRecord, QueueState,
+                      SearchPage, WorkRecord, decode_record, jid_needle, job_metrics,
+                      member_digest, parse_key, parse_queue_key, process_record, queue_key)
 
 __all__ = ["Stats", "Queue", "JobSet", "ScheduledSet", "RetrySet", "DeadSet", "ProcessSet",
            "Metrics", "JobRecord", "SearchPage", "ProcessRecord", "WorkRecord", "JobMetrics",
-           "decode_record"]
+           "QueueState", "decode_record"]
 
 PAGE = 25
 SCAN_PAGE = 1000  # members per LRANGE / ZSCAN step while searching
@@ -45,29 +46,44 @@ def _requeue_plan(raw: bytes, now: float) -> tuple[bytes, bytes, str] | None:
     """(old member, payload to push, queue) for one entry moved to its queue; None if malformed.
 
     Python's json round trip keeps every number and key as it was (cjson in Lua would not).
-    ``retry_count`` is kept, ``at`` dropped, ``enqueued_at`` set to now.
+    ``retry_count`` is kept; ``payload.ready_for_queue`` drops ``at``, stamps ``enqueued_at``
+    and names the queue.
     """
     try:
-        job = payload.decode(raw)
+        job = payload.ready_for_queue(payload.decode(raw), now, default_queue=DEFAULT_QUEUE)
     except MalformedPayload:
         return None
-    job.pop("at", None)
-    job["enqueued_at"] = now
-    queue = job.get("queue")
-    return raw, payload.encode(job), queue if isinstance(queue, str) and queue else DEFAULT_QUEUE
+    return raw, payload.encode(job), job["queue"]
 
 
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "\\*?[]" else c for c in text)
 
 
+def _days(days: int, now: float | None) -> list[dt.date]:
+    """The last ``days`` UTC days up to the day of ``now``, oldest first."""
+    today = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.UTC).date()
+    return [today - dt.timedelta(days=i) for i in range(days - 1, -1, -1)]
+
+
 # -- stats ------------------------------------------------------------------------------------
 
 class Stats:
-    """The summary bar: counters and sizes, read once at construction (two round trips)."""
+    """The summary bar: counters and sizes, read at construction in one MULTI, so they agree.
 
-    def __init__(self, *, store: storage.Storage | None = None, now: float | None = None):
-        snap = (store or storage.get_default()).stats_snapshot(DEFAULT_QUEUE)
+    What a page shows beside the bar can come from the same read: ``queues=True`` fills
+    ``queues`` (every registered or paused queue, plus ``extra_queues``, as :class:`QueueState`),
+    ``processes=True`` fills ``processes`` (as :meth:`ProcessSet.list` gives them) and
+    ``history_days=n`` fills ``daily`` (as :meth:`history` gives it). Unrequested ones are None.
+    """
+
+    def __init__(self, *, store: storage.Storage | None = None, now: float | None = None,
+                 queues: bool = False, extra_queues: Sequence[str] = (),
+                 processes: bool = False, history_days: int = 0):
+        days = _days(history_days, now) if history_days > 0 else []
+        snap = (store or storage.get_default()).stats_snapshot(
+            DEFAULT_QUEUE, queues=queues, extra_queues=extra_queues, processes=processes,
+            days=days)
         self.processed: int = snap["processed"]
         self.failed: int = snap["failed"]
         self.enqueued: int = snap["enqueued"]
@@ -77,13 +93,23 @@ class Stats:
         self.dead_size: int = snap["dead_size"]
         self.processes_size: int = snap["processes_size"]
         self.default_queue_latency: float = _latency(snap["default_oldest"], now)
+        self.queues: list[QueueState] | None = None if not queues else [
+            QueueState(name=name, size=size, latency=_latency(oldest, now), paused=paused)
+            for name, (size, oldest, paused) in sorted(snap["queue_states"].items())]
+        self.processes: list[ProcessRecord] | None = None if not processes else [
+            process_record(*state) for state in snap["process_states"]]
+        self.daily: list[tuple[dt.date, int, int]] | None = None if not days else [
+            (day, p, f) for day, (p, f) in zip(days, snap["daily"])]
+
+    def queue(self, name: str) -> QueueState | None:
+        """The state of one queue read by this snapshot (``queues=True``), or None."""
+        return next((q for q in self.queues or () if q.name == name), None)
 
     @classmethod
     def history(cls, days: int, now: float | None = None, *,
                 store: storage.Storage | None = None) -> list[tuple[dt.date, int, int]]:
         """(UTC day, processed, failed) for the last ``days`` days, oldest first (one MGET)."""
-        today = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.UTC).date()
-        dates = [today - dt.timedelta(days=i) for i in range(days - 1, -1, -1)]
+        dates = _days(days, now)
         counts = (store or storage.get_default()).daily_stats(dates)
         return [(day, p, f) for day, (p, f) in zip(dates, counts)]
 
@@ -109,6 +135,7 @@ class Queue:
 
     @classmethod
     def all(cls, *, store: storage.Storage | None = None) -> list[Queue]:
+        """Every registered queue and every paused one (even empty: it still needs a Resume)."""
         store = store or storage.get_default()
         return [cls(name, store=store) for name in store.queue_names()]
 
@@ -120,29 +147,55 @@ class Queue:
         return _latency(self._store.queue_oldest(self.name), now)
 
     def jobs(self, offset: int = 0, limit: int = PAGE) -> list[JobRecord]:
-        """A page of jobs in run order: the next to run first."""
+        """A page of jobs in run order: the next to run first. Each record's ``key`` names
+        that very entry (see :meth:`get`)."""
         if limit <= 0 or offset < 0:
             return []
         raws = self._store.queue_range(self.name, -(offset + limit), -(offset + 1))
-        return [decode_record(raw) for raw in reversed(raws)]
+        return [_queued(raw, offset + i) for i, raw in enumerate(reversed(raws))]
+
+    def get(self, key: str) -> JobRecord | None:
+        """The entry a record's ``key`` names (its exact bytes), wherever it moved since.
+
+        Looks around the position the key remembers first (one LRANGE), then scans the list;
+        None if no member has those bytes any more. ValueError for a malformed key.
+        """
+        position, digest = parse_queue_key(key)
+        # Run-order index i is list index -(i + 1): the window covers positions around the hint.
+        low = max(0, position - SCAN_PAGE // 2)
+        raws = self._store.queue_range(self.name, -(low + SCAN_PAGE), -(low + 1))
+        for i, raw in enumerate(reversed(raws)):
+            if member_digest(raw) == digest:
+                return _queued(raw, low + i)
+        found = self._scan(lambda raw: member_digest(raw) == digest)
+        return found and _queued(*found)
 
     def find(self, jid: str) -> JobRecord | None:
-        """Scan the list a page at a time from the newest end (consumers take from the other
-        end, so pops do not shift the pages still to read)."""
-        needle, standin = jid.encode(), jid.startswith(STANDIN_PREFIX)
+        """The first job (from the newest end) whose jid is ``jid``, or None."""
+        needle = jid_needle(jid)
+        found = self._scan(lambda raw: (needle is None or needle in raw)
+                           and decode_record(raw).jid == jid)
+        return found and _queued(*found)
+
+    def _scan(self, match) -> tuple[bytes, int] | None:
+        """(member, run-order position) of the first member ``match`` accepts, or None.
+
+        Reads a page at a time from the newest end: consumers take from the other end, so
+        pops do not shift the pages still to read.
+        """
         start = 0
         while True:
             raws = self._store.queue_range(self.name, start, start + SCAN_PAGE - 1)
-            for raw in raws:
-                if standin or needle in raw:
-                    record = decode_record(raw)
-                    if record.jid == jid:
-                        return record
+            for i, raw in enumerate(raws):
+                if match(raw):
+                    return raw, max(0, self.size() - 1 - (start + i))
             if len(raws) < SCAN_PAGE:
                 return None
             start += SCAN_PAGE
 
     def delete(self, jid_or_record: str | JobRecord) -> bool:
+        """Remove one member with exactly the record's bytes (a jid: the first job :meth:`find`
+        finds). True if it was still there."""
         record = (jid_or_record if isinstance(jid_or_record, JobRecord)
                   else self.find(jid_or_record))
         return record is not None and self._store.queue_remove(self.name, record.raw) > 0
@@ -160,6 +213,10 @@ class Queue:
 
     def resume(self) -> None:
         self._store.resume_queue(self.name)
+
+
+def _queued(raw: bytes, position: int) -> JobRecord:
+    return dataclasses.replace(decode_record(raw), key=queue_key(position, raw))
 
 
 # -- job sets ---------------------------------------------------------------------------------
@@ -200,7 +257,8 @@ class JobSet:
         return None
 
     def find(self, jid: str) -> JobRecord | None:
-        pattern = "*" if jid.startswith(STANDIN_PREFIX) else f"*{_glob_escape(jid)}*"
+        needle = jid_needle(jid)
+        pattern = "*" if needle is None else f"*{_glob_escape(jid)}*"
         for raw, score in self._scan(pattern):
             record = decode_record(raw, score)
             if record.jid == jid:

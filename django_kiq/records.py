@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +27,9 @@ STANDIN_PREFIX = "raw-"  # jid of a member that has none (malformed): a digest o
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobRecord:
     """One job as found in Redis. ``key`` identifies the entry: ``f"{score!r}|{jid}"`` in a
-    sorted set, the jid in a queue. Malformed members have ``malformed=True``, ``fields={}`` and a
+    sorted set; ``f"{position}|{digest}"`` in a queue (its run-order position when read, a hint,
+    and the digest of its exact bytes, so two jobs sharing a jid are told apart), or the jid for
+    a record decoded on its own. Malformed members have ``malformed=True``, ``fields={}`` and a
     stand-in jid ``raw-<digest of the bytes>``."""
 
     jid: str
@@ -78,8 +81,13 @@ def decode_record(raw: bytes, score: float | None = None) -> JobRecord:
         malformed=False, key=_entry_key(score, jid))
 
 
+def member_digest(raw: bytes) -> str:
+    """16 hex digits naming a member's exact bytes (two jobs differing anywhere differ here)."""
+    return hashlib.blake2b(raw, digest_size=8).hexdigest()
+
+
 def _standin_jid(raw: bytes) -> str:
-    return STANDIN_PREFIX + hashlib.blake2b(raw, digest_size=8).hexdigest()
+    return STANDIN_PREFIX + member_digest(raw)
 
 
 def _entry_key(score: float | None, jid: str) -> str:
@@ -87,13 +95,40 @@ def _entry_key(score: float | None, jid: str) -> str:
 
 
 def parse_key(key: str) -> tuple[float, str]:
+    """(score, jid) of a job set key; ValueError for anything else, NaN included (Redis refuses
+    a NaN score range, and no member can have one)."""
     score, sep, jid = key.partition("|")
     try:
-        if sep:
-            return float(score), jid
+        if sep and jid and not math.isnan(value := float(score)):
+            return value, jid
     except ValueError:
         pass
     raise ValueError(f"{key!r} is not a job set key ('<score>|<jid>')")
+
+
+def queue_key(position: int, raw: bytes) -> str:
+    """The key of a queue entry: run-order position when read (0 = next to run) and digest."""
+    return f"{position}|{member_digest(raw)}"
+
+
+def parse_queue_key(key: str) -> tuple[int, str]:
+    """(position, digest) of a queue entry key; ValueError for anything else."""
+    position, sep, digest = key.partition("|")
+    if (sep and position.isascii() and position.isdigit() and len(digest) == 16
+            and all(c in "0123456789abcdef" for c in digest)):
+        return int(position), digest
+    raise ValueError(f"{key!r} is not a queue entry key ('<position>|<digest>')")
+
+
+def jid_needle(jid: str) -> bytes | None:
+    """Bytes a member holding ``jid`` surely contains, or None when there are none to rely on.
+
+    A JSON writer may escape ``"``, ``\\``, ``/``, control and non-ASCII characters (Ruby writes
+    ``\\u`` escapes), so such a jid, and a stand-in jid (not in the bytes at all), can only be
+    found by decoding every member.
+    """
+    plain = all(" " <= c <= "~" and c not in '"\\/' for c in jid)
+    return jid.encode() if plain and not jid.startswith(STANDIN_PREFIX) else None
 
 
 def _epoch(value: Any) -> float | None:
@@ -135,6 +170,16 @@ class SearchPage:
     @property
     def complete(self) -> bool:
         return self.cursor == 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueState:
+    """A queue as one snapshot saw it: size, latency of its next job, paused or not."""
+
+    name: str
+    size: int
+    latency: float
+    paused: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

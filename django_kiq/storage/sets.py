@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from .keys import Keys
 
 SIGNAL_TTL = 60  # a signal nobody picks up (the process is gone) does not linger
+# Snapshot attempts while queue/process names keep changing under it; the last read is used.
+SNAPSHOT_TRIES = 3
 
 
 def _text(value: bytes | str) -> str:
@@ -28,6 +30,14 @@ def _text(value: bytes | str) -> str:
 
 def _hash_text(mapping: dict) -> dict[str, str]:
     return {_text(k): _text(v) for k, v in mapping.items()}
+
+
+def _int(value: bytes | str | None) -> int:
+    """A counter as Redis returns it; a foreign, non-numeric value counts as 0."""
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
 
 
 class SetOps:
@@ -46,7 +56,13 @@ class SetOps:
     # -- queues --------------------------------------------------------------------------------
 
     def queue_names(self) -> list[str]:
-        return sorted(_text(name) for name in self.client.smembers(self.keys.queues))
+        """Registered queues and paused ones, sorted: clearing a paused queue drops its
+        registration, yet it must stay listed (with Resume) while it is paused."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.smembers(self.keys.queues)
+        pipe.smembers(self.keys.paused_queues)
+        registered, paused = pipe.execute()
+        return sorted({_text(name) for name in registered | paused})
 
     def queue_size(self, name: str) -> int:
         return self.client.llen(self.keys.queue(name))
@@ -158,36 +174,103 @@ class SetOps:
 
     # -- dashboard numbers ---------------------------------------------------------------------
 
-    def stats_snapshot(self, default_queue: str = "default") -> dict:
-        """Counters and sizes for the summary bar, in two round trips.
+    def stats_snapshot(self, default_queue: str = "default", *, queues: bool = False,
+                       extra_queues: Sequence[str] = (), processes: bool = False,
+                       days: Sequence[dt.date] = ()) -> dict:
+        """Counters and sizes for the summary bar, and what a page shows beside them, in one
+        MULTI: every figure comes from the same instant, so they add up.
 
-        The second pipeline needs the queue and process names the first one returns (building
-        key names inside Lua would hide keys from Redis Cluster).
+        Per-queue and per-process keys must be named in the transaction (building key names
+        inside Lua would hide them from Redis Cluster), so it is built from the names the last
+        snapshot saw and re-reads the name sets inside it; when they changed meanwhile it runs
+        again with the new names. The usual cost is one round trip.
+
+        Options: ``queues`` adds ``queue_states`` {name: (size, oldest member, paused)} for every
+        registered or paused queue and each of ``extra_queues``; ``processes`` adds
+        ``process_states`` as :meth:`process_states` gives them (pruning expired identities);
+        ``days`` adds ``daily``, (processed, failed) per UTC day.
         """
+        guess: tuple[tuple[str, ...], tuple[str, ...]] = getattr(self, "_snapshot_names",
+                                                                 ((), ()))
+        for _ in range(SNAPSHOT_TRIES):
+            used = guess
+            replies = self._snapshot_pipe(default_queue, *used, extra_queues, queues=queues,
+                                          processes=processes, days=days)
+            registered, paused, members = replies[:3]
+            guess = (tuple(sorted({_text(n) for n in registered | paused})),
+                     tuple(sorted(_text(i) for i in members)))
+            if guess == used:
+                break
+        self._snapshot_names = guess
+        return self._snapshot_result(replies, used, extra_queues, queues=queues,
+                                     processes=processes, days=days)
+
+    def _snapshot_pipe(self, default_queue: str, names: Sequence[str],
+                       identities: Sequence[str], extra: Sequence[str], *, queues: bool,
+                       processes: bool, days: Sequence[dt.date]) -> list:
         k = self.keys
-        pipe = self.client.pipeline(transaction=False)
+        extra = [name for name in extra if name not in names]
+        pipe = self.client.pipeline(transaction=True)
+        pipe.smembers(k.queues)
+        pipe.smembers(k.paused_queues)
+        pipe.smembers(k.processes)
         pipe.get(k.stat("processed"))
         pipe.get(k.stat("failed"))
         for name in ("schedule", "retry", "dead"):
             pipe.zcard(k.sorted_set(name))
-        pipe.scard(k.processes)
-        pipe.smembers(k.queues)
-        pipe.smembers(k.processes)
         pipe.lindex(k.queue(default_queue), -1)
-        (processed, failed, scheduled, retries, dead, processes, queues, identities,
-         oldest) = pipe.execute()
-        pipe = self.client.pipeline(transaction=False)
-        for queue in queues:
-            pipe.llen(k.queue(_text(queue)))
+        for name in (*names, *extra):
+            pipe.llen(k.queue(name))
+            if queues:
+                pipe.lindex(k.queue(name), -1)
         for identity in identities:
-            pipe.hget(k.process(_text(identity)), "busy")
-        counts = pipe.execute() if queues or identities else []
-        return {
-            "processed": int(processed or 0), "failed": int(failed or 0),
+            if processes:
+                pipe.hgetall(k.process(identity))
+                pipe.hgetall(k.work(identity))
+            else:
+                pipe.hget(k.process(identity), "busy")
+        if days:
+            pipe.mget([k.stat_daily(name, day) for name in ("processed", "failed")
+                       for day in days])
+        return pipe.execute()
+
+    def _snapshot_result(self, replies: list, guess: tuple, extra: Sequence[str], *,
+                         queues: bool, processes: bool, days: Sequence[dt.date]) -> dict:
+        names, identities = guess
+        extra = [name for name in extra if name not in names]
+        paused = {_text(n) for n in replies[1]}
+        processed, failed, scheduled, retries, dead, oldest = replies[3:9]
+        rest = iter(replies[9:])
+        states = {}
+        for name in (*names, *extra):
+            size = next(rest)
+            states[name] = (size, next(rest) if queues else None, name in paused)
+        out = {
+            "processed": _int(processed), "failed": _int(failed),
             "scheduled_size": scheduled, "retry_size": retries, "dead_size": dead,
-            "processes_size": processes, "enqueued": sum(counts[:len(queues)]),
-            "busy": sum(int(b or 0) for b in counts[len(queues):]), "default_oldest": oldest,
+            "processes_size": len(identities), "default_oldest": oldest,
+            "enqueued": sum(states[name][0] for name in names),
         }
+        if processes:
+            live, gone = [], []
+            for identity in identities:
+                state, work = next(rest), next(rest)
+                if state:
+                    live.append((identity, _hash_text(state), _hash_text(work)))
+                else:
+                    gone.append(identity)
+            if gone:  # their owner stopped heartbeating (Sidekiq's ProcessSet cleanup)
+                self.client.srem(self.keys.processes, *gone)
+            out["process_states"] = live
+            out["busy"] = sum(_int(state.get("busy")) for _, state, _ in live)
+        else:
+            out["busy"] = sum(_int(next(rest)) for _ in identities)
+        if queues:
+            out["queue_states"] = states
+        if days:
+            values = [_int(v) for v in next(rest)]
+            out["daily"] = list(zip(values[:len(days)], values[len(days):]))
+        return out
 
     def daily_stats(self, days: Sequence[dt.date]) -> list[tuple[int, int]]:
         """(processed, failed) for each UTC day, 0 where no counter exists."""
