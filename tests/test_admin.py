@@ -336,13 +336,19 @@ def test_queue_page_is_paged_and_deletes_one_job(admin_client, store, redis_clie
     second = admin_client.get(url("queue", "default") + "?offset=25")
     assert len(second.context["rows"]) == 5 and "26–30 of 30" in second.text
     assert 'href="?"' in second.text and "Next ›</span>" in second.text
-    jid = f"{3:024x}"
-    response = post(admin_client, url("queue", "default"), {"action": "delete", "jid": jid})
+    row = first.context["rows"][3]
+    jid = row.record.jid
+    assert f'name="key" value="{row.record.key}"' in first.text  # the row's Delete button
+    response = post(admin_client, url("queue", "default"), {"action": "delete",
+                                                            "key": row.record.key})
     assert f"Deleted job {jid}." in follow_messages(response)
     assert jid not in jids_in(redis_client, "queue:default")
     assert redis_client.llen("queue:default") == 29
-    again = post(admin_client, url("queue", "default"), {"action": "delete", "jid": jid})
-    assert f"Job {jid} was no longer in queue default." in follow_messages(again)
+    again = post(admin_client, url("queue", "default"), {"action": "delete",
+                                                         "key": row.record.key})
+    assert "That job was no longer in queue default." in follow_messages(again)
+    assert admin_client.post(url("queue", "default"), {"action": "delete", "jid": jid}
+                             ).status_code == 400  # a jid could name another job
 
 
 def test_queue_clear_asks_first(admin_client, store, redis_client):
@@ -359,13 +365,15 @@ def test_queue_job_detail(admin_client, store):
     store.push([("mail", job_raw(1, queue="mail", args=[XSS, {"n": 1}]))])
     jid = f"{1:024x}"
     page = admin_client.get(url("queue", "mail"))
-    assert f'href="{url("queue_job", "mail", jid)}"' in page.text
-    detail = admin_client.get(url("queue_job", "mail", jid))
+    key = page.context["rows"][0].record.key
+    assert f'href="{url("queue_job", "mail", key)}"' in page.text
+    detail = admin_client.get(url("queue_job", "mail", key))
     assert detail.status_code == 200 and jid in detail.text
     assert XSS not in detail.text and ESCAPED in detail.text
     assert '&quot;n&quot;: 1' in detail.text  # pretty-printed, escaped
-    assert f'name="jid" value="{jid}"' in detail.text  # its Delete button
-    deleted = post(admin_client, url("queue", "mail"), {"action": "delete", "jid": jid,
+    assert f'name="key" value="{key}"' in detail.text  # its Delete button
+    assert admin_client.get(url("queue_job", "mail", jid)).status_code == 200  # a jid works too
+    deleted = post(admin_client, url("queue", "mail"), {"action": "delete", "key": key,
                                                         "next": url("queue", "mail")})
     assert f"Deleted job {jid}." in follow_messages(deleted)
     gone = admin_client.get(url("queue_job", "mail", "f" * 24), follow=True)

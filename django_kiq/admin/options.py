@@ -14,10 +14,14 @@ from functools import partial
 
 from django.contrib import admin
 from django.http import HttpRequest
-from django.urls import path
+from django.urls import path, register_converter
 
+from .converters import TextConverter
 from .views import busy, dashboard, job, metrics, periodic_page, queues, sets
 from .views.base import MANAGE_PERM, VIEW_PERM, kiq_view
+
+# Queue names and entry keys may hold any character (a "/" among them): see converters.py.
+register_converter(TextConverter, "kiq_text")
 
 
 class JobsAdmin(admin.ModelAdmin):
@@ -49,12 +53,13 @@ class JobsAdmin(admin.ModelAdmin):
             path("stats/", page(dashboard.stats_json), name="django_kiq_stats"),
             path("busy/", page(busy.busy, actions=True), name="django_kiq_busy"),
             path("queues/", page(queues.queues), name="django_kiq_queues"),
-            path("queues/<str:name>/", page(queues.queue, actions=True), name="django_kiq_queue"),
-            path("queues/<str:name>/<path:jid>/", page(job.queue_job),
+            path("queues/<kiq_text:name>/", page(queues.queue, actions=True),
+                 name="django_kiq_queue"),
+            path("queues/<kiq_text:name>/<kiq_text:key>/", page(job.queue_job),
                  name="django_kiq_queue_job"),
             *(path(f"{slug}/", page(sets.job_set, actions=True, slug=slug),
                    name=f"django_kiq_{slug}") for slug in sets.PAGES),
-            path("job/<slug:slug>/<path:key>/", page(job.set_job), name="django_kiq_job"),
+            path("job/<slug:slug>/<kiq_text:key>/", page(job.set_job), name="django_kiq_job"),
             path("periodic/", page(periodic_page.periodic, actions=True), name="django_kiq_periodic"),
             path("metrics/", page(metrics.metrics), name="django_kiq_metrics"),
         ]

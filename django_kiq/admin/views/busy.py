@@ -1,4 +1,9 @@
-"""Busy: live worker processes with Quiet/Stop, and the jobs they are running."""
+"""Busy: live worker processes with Quiet/Stop, and the jobs they are running.
+
+The processes, their running jobs and the summary bar come from one ``api.Stats`` snapshot
+(one MULTI), read fresh at every request (admin pages are never cached): the page shows the
+work hashes exactly as old as the workers' last write of them.
+"""
 
 from __future__ import annotations
 
@@ -18,14 +23,15 @@ ALL = {"quiet_all": ("quiet_all", "Quiet"), "stop_all": ("stop_all", "Stop")}
 def busy(request: HttpRequest, *, site: AdminSite) -> HttpResponse:
     if request.method == "POST":
         return _act(request, site)
-    processes = api.ProcessSet().list()
+    stats = api.Stats(processes=True)
+    processes = stats.processes
     rows = [{"process": p, "started": moment(p.started_at), "beat": moment(p.beat),
              "rss_mb": round(p.rss_kb / 1024, 1) if p.rss_kb else None,
              "queues": ", ".join(p.queues)} for p in processes]
     work = [{"work": w, "args": args_preview(w.job), "run_at": moment(w.run_at)}
             for p in processes for w in p.work]
-    return render(request, site, "busy.html", title="Busy", page="busy", processes=rows,
-                  work=work, live=True)
+    return render(request, site, "busy.html", title="Busy", page="busy", stats=stats,
+                  processes=rows, work=work, live=True)
 
 
 def _act(request: HttpRequest, site: AdminSite) -> HttpResponse:

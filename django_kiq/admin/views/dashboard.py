@@ -1,4 +1,9 @@
-"""Dashboard (counters, history chart, Redis) and the JSON feed of the live chart."""
+"""Dashboard (counters, history chart, Redis) and the JSON feed of the live chart.
+
+Each answer's counters, and the dashboard's daily history, come from one ``api.Stats``
+snapshot (one MULTI), so processed, failed, enqueued and the set sizes of one answer belong to
+the same instant. The Redis panel is the server's own INFO, read beside it.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +24,8 @@ POLL_SECONDS = (2, 5, 10, 20)
 
 def dashboard(request: HttpRequest, *, site: AdminSite) -> HttpResponse:
     days = choice(request.GET.get("days"), HISTORY_DAYS, DEFAULT_DAYS)
-    stats = api.Stats()
-    history = stats.history(days)
+    stats = api.Stats(history_days=days)
+    history = stats.daily
     chart = charts.line_chart(
         [day.strftime("%b %d") for day, _, _ in history],
         [("Processed", "processed", [p for _, p, _ in history]),

@@ -1,8 +1,9 @@
 """Job detail: every field of one job hash, its arguments pretty-printed, error and backtrace.
 
 A job in a set is addressed by its entry key (score and jid, as the API gives it); a job in a
-queue by its jid. A job that has left since the link was made sends the user back to its list
-with a warning.
+queue by its queue entry key (position and digest of its exact bytes: two jobs sharing a jid are
+two different pages), or by its jid for links made by hand. A job that has left since the link
+was made sends the user back to its list with a warning.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from django.contrib.admin import AdminSite
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 
 from django_kiq import api
+from django_kiq.records import parse_queue_key
 
 from ..present import field_text, moment, pretty_json
 from .base import render, url
@@ -46,16 +48,25 @@ def set_job(request: HttpRequest, slug: str, key: str, *, site: AdminSite) -> Ht
         score_label=page.when_label, actions=page.row_actions))
 
 
-def queue_job(request: HttpRequest, name: str, jid: str, *, site: AdminSite) -> HttpResponse:
-    record = api.Queue(name).find(jid)
+def queue_job(request: HttpRequest, name: str, key: str, *, site: AdminSite) -> HttpResponse:
+    queue = api.Queue(name)
+    record = queue.get(key) if is_queue_key(key) else queue.find(key)
     here = url(request, "queue", name)
     if record is None:
-        messages.warning(request, f"Job {jid} is no longer in queue {name}: it has probably "
+        messages.warning(request, f"That job is no longer in queue {name}: it has probably "
                                   "started.")
         return HttpResponseRedirect(here)
     return _detail(request, site, record, Found(
         page="queues", crumbs=(("Queues", url(request, "queues")), (name, here)), list_url=here,
         queue_delete=True))
+
+
+def is_queue_key(key: str) -> bool:
+    try:
+        parse_queue_key(key)
+    except ValueError:
+        return False
+    return True
 
 
 def _detail(request: HttpRequest, site: AdminSite, record: api.JobRecord,

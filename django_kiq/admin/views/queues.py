@@ -1,4 +1,10 @@
-"""Queues: sizes, latency and pause state; one queue's jobs paged in Redis, delete, clear."""
+"""Queues: sizes, latency and pause state; one queue's jobs paged in Redis, delete, clear.
+
+Every figure of a page (the summary bar, the sizes, latencies and pause states) comes from one
+``api.Stats`` snapshot, so they agree. A paused queue is listed even when it is empty and
+unregistered (after Clear), so its Resume button stays reachable. A job is deleted by its entry
+key: exactly the member shown, even when another job shares its jid.
+"""
 
 from __future__ import annotations
 
@@ -10,25 +16,29 @@ from django_kiq import api
 from ..paging import Pager
 from ..present import JobRow, duration
 from .base import back, confirm, confirmed, gone, perform, plural, render, url
+from .job import is_queue_key
 
 
 def queues(request: HttpRequest, *, site: AdminSite) -> HttpResponse:
-    rows = [{"queue": q, "size": f"{q.size():,}", "latency": duration(q.latency()),
-             "paused": q.paused, "url": url(request, "queue", q.name)} for q in api.Queue.all()]
-    return render(request, site, "queues.html", title="Queues", page="queues", queues=rows,
-                  live=True)
+    stats = api.Stats(queues=True)
+    rows = [{"queue": q, "size": f"{q.size:,}", "latency": duration(q.latency),
+             "paused": q.paused, "url": url(request, "queue", q.name)} for q in stats.queues]
+    return render(request, site, "queues.html", title="Queues", page="queues", stats=stats,
+                  queues=rows, live=True)
 
 
 def queue(request: HttpRequest, name: str, *, site: AdminSite) -> HttpResponse:
     q = api.Queue(name)
     if request.method == "POST":
         return _act(request, site, q)
-    pager = Pager.from_request(request, q.size())
+    stats = api.Stats(queues=True, extra_queues=[name])
+    state = stats.queue(name)
+    pager = Pager.from_request(request, state.size)
     rows = [JobRow.build(r, url(request, "queue_job", name, r.key))
             for r in q.jobs(pager.offset, pager.limit)]
     return render(request, site, "queue.html", title=f"Queue {name}", page="queues",
-                  crumbs=(("Queues", url(request, "queues")),), queue=q,
-                  latency=duration(q.latency()), paused=q.paused, pager=pager,
+                  stats=stats, crumbs=(("Queues", url(request, "queues")),), queue=q,
+                  latency=duration(state.latency), paused=state.paused, pager=pager,
                   size=f"{pager.total:,}", rows=rows, live=True)
 
 
@@ -36,13 +46,7 @@ def _act(request: HttpRequest, site: AdminSite, q: "api.Queue") -> HttpResponse:
     action = request.POST.get("action", "")
     here = url(request, "queue", q.name)
     if action == "delete":
-        jid = request.POST.get("jid", "")
-        if not jid:
-            return HttpResponseBadRequest("jid is required")
-        perform(request, f"Delete {jid}", lambda: q.delete(jid),
-                lambda ok: f"Deleted job {jid}." if ok
-                else gone(f"Job {jid} was no longer in queue {q.name}."))
-        return back(request, here)
+        return _delete(request, q, here)
     if action in ("pause", "resume"):
         perform(request, f"{action.capitalize()} {q.name}", getattr(q, action),
                 lambda _: f"Queue {q.name} {'paused' if action == 'pause' else 'resumed'}.")
@@ -60,3 +64,15 @@ def _act(request: HttpRequest, site: AdminSite, q: "api.Queue") -> HttpResponse:
                 lambda n: f"Cleared queue {q.name}: deleted {plural(n)}.")
         return back(request, here)
     return HttpResponseBadRequest(f"unknown action {action!r}")
+
+
+def _delete(request: HttpRequest, q: "api.Queue", here: str) -> HttpResponse:
+    """Delete the entry a row or a detail page showed (its key), never another with its jid."""
+    key = request.POST.get("key", "")
+    if not is_queue_key(key):
+        return HttpResponseBadRequest("a queue entry key is required")
+    record = q.get(key)
+    perform(request, "Delete", lambda: record is not None and q.delete(record),
+            lambda ok: f"Deleted job {record.jid}." if ok
+            else gone(f"That job was no longer in queue {q.name}."))
+    return back(request, here)

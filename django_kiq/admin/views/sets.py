@@ -17,6 +17,7 @@ from django.contrib.admin import AdminSite
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 
 from django_kiq import api
+from django_kiq.records import parse_key
 
 from ..paging import Pager
 from ..present import JobRow
@@ -42,6 +43,7 @@ class SetPage:
     title: str
     api_class: type[api.JobSet]
     when_label: str
+    size_attr: str  # the api.Stats attribute holding the set's size
     failures: bool  # show retry count and error columns
     row_actions: tuple[Action, ...]
     all_actions: tuple[Action, ...]
@@ -81,13 +83,15 @@ KILL_ALL = Action(name="kill_all", method="kill_all", label="Kill all",
 PAGES = {
     "retries": SetPage(
         slug="retries", title="Retries", api_class=api.RetrySet, when_label="Next retry",
-        failures=True, row_actions=(RETRY_NOW, DELETE, KILL),
+        size_attr="retry_size", failures=True, row_actions=(RETRY_NOW, DELETE, KILL),
         all_actions=(RETRY_ALL, DELETE_ALL, KILL_ALL)),
     "scheduled": SetPage(
         slug="scheduled", title="Scheduled", api_class=api.ScheduledSet, when_label="When",
-        failures=False, row_actions=(ADD_TO_QUEUE, DELETE), all_actions=(ADD_ALL, DELETE_ALL)),
+        size_attr="scheduled_size", failures=False, row_actions=(ADD_TO_QUEUE, DELETE),
+        all_actions=(ADD_ALL, DELETE_ALL)),
     "dead": SetPage(
-        slug="dead", title="Dead", api_class=api.DeadSet, when_label="Died", failures=True,
+        slug="dead", title="Dead", api_class=api.DeadSet, when_label="Died",
+        size_attr="dead_size", failures=True,
         row_actions=(RETRY_NOW, DELETE), all_actions=(RETRY_ALL, DELETE_ALL)),
 }
 
@@ -100,13 +104,12 @@ def page_for(slug: str) -> SetPage:
 
 
 def is_key(key: str) -> bool:
-    """An entry key as the API makes them: ``<score>|<jid>``."""
-    score, sep, jid = key.partition("|")
+    """An entry key as the API makes them: ``<score>|<jid>`` (a NaN score is none)."""
     try:
-        float(score)
+        parse_key(key)
     except ValueError:
         return False
-    return bool(sep and jid)
+    return True
 
 
 def job_set(request: HttpRequest, *, site: AdminSite, slug: str) -> HttpResponse:
@@ -114,6 +117,9 @@ def job_set(request: HttpRequest, *, site: AdminSite, slug: str) -> HttpResponse
     jobs = page.collection()
     if request.method == "POST":
         return _act(request, site, page, jobs)
+    # The set's size shown in the pager is the summary bar's: one read for both.
+    stats = api.Stats()
+    total = getattr(stats, page.size_attr)
     query = request.GET.get("q", "").strip()
     search = pager = None
     if query:
@@ -123,16 +129,16 @@ def job_set(request: HttpRequest, *, site: AdminSite, slug: str) -> HttpResponse
                              budget=SEARCH_BUDGET)
         records = search.records
     else:
-        pager = Pager.from_request(request, jobs.size())
+        pager = Pager.from_request(request, total)
         records = jobs.jobs(pager.offset, pager.limit)
     rows = [JobRow.build(r, url(request, "job", slug, r.key)) for r in records]
     more = None
     if search is not None and not search.complete:
         more = "?" + urlencode({"q": query, "cursor": search.cursor})
     return render(request, site, "job_set.html", title=page.title, page=slug, set_page=page,
-                  rows=rows, pager=pager, query=query, more_url=more,
+                  stats=stats, rows=rows, pager=pager, query=query, more_url=more,
                   scanned=f"{search.scanned:,}" if search else None,
-                  size=f"{jobs.size():,}" if query else None, live=not query)
+                  size=f"{total:,}" if query else None, live=not query)
 
 
 def _cursor(request: HttpRequest) -> int:
