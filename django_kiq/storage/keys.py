@@ -96,6 +96,10 @@ class Keys:
     def periodic_tick(self, name: str, tick: float) -> str:
         return self._k(f"kiq:periodic:tick:{name}:{tick:.0f}")
 
+    def clock(self, identity: str) -> str:
+        """STRING: how far a process's clock is ahead of Redis's, seconds (with a TTL)."""
+        return self._k(f"kiq:clock:{identity}")
+
     def metrics(self, job_name: str, hour: int) -> str:
         return self._k(f"kiq:metrics:{hour}:{job_name}")
 

@@ -10,6 +10,7 @@ the only other mutable state is a cache of queue registrations (single dict oper
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -50,6 +51,15 @@ class Settle:
     new: bytes = b""
     dest: str = ""  # queue name for q/l, set name (retry/schedule/dead) for z/d
     score: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PollerOutlook:
+    """A poller's view between passes (``Storage.poller_outlook``)."""
+
+    next_due: float | None  # earliest score in the schedule and retry sets; None if both empty
+    server_time: float  # Redis's clock when it answered, epoch seconds
+    leftovers: list[bytes]  # what the poller's in-progress lane still holds
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -202,17 +212,53 @@ class Storage(SetOps, PeriodicOps, ResultOps):
     def wip_items(self, identity: str, lane: str = "fetch") -> list[bytes]:
         return self.client.lrange(self.keys.wip(identity, lane), 0, -1)
 
-    def claim_due(self, set_name: str, identity: str, now: float, limit: int) -> list[bytes]:
-        return self._due(keys=[self.keys.sorted_set(set_name), self.keys.wip(identity, "sched")],
-                         args=[repr(now), limit])
+    def claim_due(self, set_name: str, identity: str, now: float | None,
+                  limit: int) -> list[bytes]:
+        """Move up to ``limit`` due jobs into the scheduler lane of ``identity`` (``due.lua``).
 
-    def next_due(self, set_names: Iterable[str]) -> float | None:
-        """Earliest score across the given sets (one round trip), or None if all are empty."""
+        Due means score <= Redis's clock (TIME); ``now`` stands in for that clock in tests.
+        """
+        return self._due(keys=[self.keys.sorted_set(set_name), self.keys.wip(identity, "sched")],
+                         args=["" if now is None else repr(now), limit])
+
+    def poller_outlook(self, set_names: Iterable[str], identity: str,
+                       limit: int) -> PollerOutlook:
+        """What a poller needs between passes, in one round trip (see :class:`PollerOutlook`)."""
+        names = list(set_names)
         pipe = self.client.pipeline(transaction=False)
-        for name in set_names:
+        for name in names:
             pipe.zrange(self.keys.sorted_set(name), 0, 0, withscores=True)
-        scores = [rows[0][1] for rows in pipe.execute() if rows]
-        return min(scores) if scores else None
+        pipe.time()
+        pipe.lrange(self.keys.wip(identity, "sched"), 0, limit - 1)
+        *firsts, (seconds, micros), leftovers = pipe.execute()
+        scores = [rows[0][1] for rows in firsts if rows]
+        return PollerOutlook(next_due=min(scores) if scores else None,
+                             server_time=seconds + micros / 1e6, leftovers=leftovers)
+
+    def server_time(self) -> float:
+        """Redis's clock (TIME), epoch seconds: the one clock scheduling decisions follow."""
+        seconds, micros = self.client.time()
+        return seconds + micros / 1e6
+
+    def record_clock_offset(self, identity: str, offset: float, ttl: float) -> None:
+        """Publish how far ``identity``'s clock is ahead of Redis's (negative: behind)."""
+        self.client.set(self.keys.clock(identity), repr(offset), ex=max(1, int(ttl)))
+
+    def clock_offsets(self) -> dict[str, float]:
+        """identity -> clock offset of every live process that published one recently."""
+        identities = sorted(i.decode() for i in self.client.smembers(self.keys.processes))
+        if not identities:
+            return {}
+        values = self.client.mget([self.keys.clock(i) for i in identities])
+        offsets = {}
+        for identity, value in zip(identities, values):
+            try:
+                offset = float(value)
+            except (TypeError, ValueError):  # none published yet, or not ours to read
+                continue
+            if math.isfinite(offset):
+                offsets[identity] = offset
+        return offsets
 
     def add_dead(self, raw: bytes, now: float) -> None:
         """Put a job straight into the dead set (trimmed), e.g. a malformed payload's record."""
