@@ -4,9 +4,10 @@ Entries come from ``@job(cron=..., timezone=...)`` (named after the job) and fro
 ``KIQ["PERIODIC"]`` (named ``"name"`` or ``"<job>:<cron>"``). :func:`entries` builds the list in
 the calling process (worker start-up, admin) and raises ``ImproperlyConfigured`` on an unknown
 job, a bad cron, a bad argument or a duplicate name. The ticking itself runs on the worker's
-``kiq-cron`` thread (:mod:`django_kiq.worker.cron_ticker`); :func:`records`, :func:`pause`,
-:func:`resume` and :func:`enqueue_now` read and change the state it shares through Redis (via
-storage verbs only), from any process.
+``kiq-cron`` thread (:mod:`django_kiq.worker.cron_ticker`), on Redis's clock; :func:`records`,
+:func:`pause`, :func:`resume` and :func:`enqueue_now` read and change the state it shares through
+Redis (via storage verbs only), from any process, and :func:`clocks` tells how far each worker's
+clock is from Redis's.
 
 Cron expressions: 5 fields (minute hour day month weekday), 6 fields with SECONDS FIRST
 (``"*/10 * * * * *"`` = every 10 seconds), or ``@hourly``-style keywords. Times are computed in
@@ -34,6 +35,8 @@ from .conf import KiqSettings, get_settings
 # A missed tick is still enqueued (once) if it is at most this old, or half the gap to the
 # following tick, whichever is larger. See ``PeriodicEntry.catchup_window``.
 CATCHUP_GRACE = 60.0
+# Seconds a worker's clock may differ from Redis's before its log and the admin warn about it.
+CLOCK_TOLERANCE = 1.0
 ENTRY_KEYS = frozenset({"name", "cron", "job", "args", "kwargs", "queue", "timezone"})
 KEYWORDS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
             "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
@@ -114,6 +117,18 @@ class PeriodicRecord:
     next_run: float
     paused: bool
     last_jid: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerClock:
+    """How far a live worker's clock is from Redis's, which ticks follow: + ahead, - behind."""
+
+    identity: str
+    offset: float  # seconds, as the worker's scheduler last measured it
+
+    @property
+    def skewed(self) -> bool:
+        return abs(self.offset) > CLOCK_TOLERANCE
 
 
 # -- building the entries ----------------------------------------------------------------------
@@ -209,6 +224,13 @@ def records(now: float | None = None) -> list[PeriodicRecord]:
     return [PeriodicRecord(entry=e, last_run=states[e.name].last_run, next_run=e.next_after(now),
                            paused=states[e.name].paused, last_jid=states[e.name].last_jid)
             for e in found]
+
+
+def clocks() -> list[WorkerClock]:
+    """Each live worker's clock offset from Redis's (published every few seconds by its
+    scheduler thread; a worker started in the last seconds may not be listed yet)."""
+    offsets = storage.get_default().clock_offsets()
+    return [WorkerClock(identity=i, offset=offsets[i]) for i in sorted(offsets)]
 
 
 def get(name: str) -> PeriodicEntry:

@@ -11,9 +11,15 @@ tick is past the cursor, it is fired if it is at most ``PeriodicEntry.catchup_wi
 the cursor is the last tick Redis recorded for the entry, so after downtime the most recent
 missed tick runs once (if recent enough); an entry with no history starts at its next tick.
 
+Time is Redis's: each pass reads Redis's clock (``TIME``, through :class:`RedisClock`) and
+decides its ticks by it, never by the worker's clock. Every worker thus agrees on which tick is
+due: one whose clock runs ahead neither fires a tick early nor, by recording a future tick as
+handled, makes the others skip theirs.
+
 Lifecycle: ``start()`` spawns the thread, which sleeps until the next tick of any entry (at most
 1 s) between passes and backs off while Redis is unreachable (the cursor does not move, so the
-tick is retried); ``stop()`` ends it. Tests call ``tick_once(now)`` with an injected time.
+tick is retried); ``stop()`` ends it. Tests call ``tick_once(now)`` with an injected time, which
+stands in for Redis's clock.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from ..conf import KiqSettings
 from ..periodic import PeriodicEntry, build_job
 from ..storage import TRANSIENT_ERRORS, Storage
 from .loop import LoopThread
+from .scheduler import RedisClock
 
 logger = logging.getLogger("django_kiq.cron")
 MAX_SLEEP = 1.0
@@ -46,7 +53,7 @@ class CronTicker(LoopThread):
         self.identity = identity
         self.settings = settings
         self.entries = list(entries)
-        self.now = now
+        self.clock = RedisClock(store, local=now)  # ``now``: this process's own clock
         self.chain = client_chain(settings)
         self._cursor: dict[str, float] | None = None  # name -> last tick considered
         self._upcoming: dict[str, float] = {}  # name -> first tick after the cursor
@@ -58,14 +65,17 @@ class CronTicker(LoopThread):
         super().start()
 
     def step(self) -> float:
-        self.tick_once()
-        return self.delay(self.now())
+        self.tick_once(self.clock.read())
+        return self.delay(self.clock.estimate())
 
     # -- one pass ------------------------------------------------------------------------------
 
     def tick_once(self, now: float | None = None) -> int:
-        """Fire every entry whose tick has come; returns how many jobs THIS process pushed."""
-        now = self.now() if now is None else now
+        """Fire every entry whose tick has come; returns how many jobs THIS process pushed.
+
+        ``now`` is Redis's clock, read if not given.
+        """
+        now = self.clock.read() if now is None else now
         if self._cursor is None:
             self._cursor = self._initial_cursors(now)
         pushed = 0
@@ -125,8 +135,8 @@ class CronTicker(LoopThread):
             logger.exception("cron %s: client middleware raised; pushed unchanged", entry.name)
         if job is None:  # cancelled by client middleware (in every process alike)
             return 0
-        job["enqueued_at"] = now
-        queue = job.get("queue") if isinstance(job.get("queue"), str) else entry.queue
+        job = payload.ready_for_queue(job, now, default_queue=entry.queue)
+        queue = job["queue"]
         result = self.store.periodic_fire(
             name=entry.name, tick=tick, identity=self.identity, queue=queue,
             claim_ttl=min(CLAIM_TTL_MAX, max(CLAIM_TTL_MIN, claim_ttl)),

@@ -1,4 +1,5 @@
-"""Periodic (cron) jobs: schedule, last and next run; pause, resume and enqueue now."""
+"""Periodic (cron) jobs: schedule, last and next run; pause, resume and enqueue now; and how far
+each worker's clock is from Redis's (which the ticks follow)."""
 
 from __future__ import annotations
 
@@ -28,8 +29,16 @@ def periodic(request: HttpRequest, *, site: AdminSite) -> HttpResponse:
              "args": short_json(r.entry.args) + (f" {short_json(r.entry.kwargs)}"
                                                  if r.entry.kwargs else "")}
             for r in cron.records()]
+    clocks = [{"clock": c, "text": _offset_text(c.offset)} for c in cron.clocks()]
     return render(request, site, "periodic.html", title="Periodic jobs", page="periodic",
-                  rows=rows, live=True)
+                  rows=rows, clocks=clocks, skewed=[c for c in clocks if c["clock"].skewed],
+                  tolerance=f"{cron.CLOCK_TOLERANCE:g}", live=True)
+
+
+def _offset_text(offset: float) -> str:
+    if abs(offset) < 0.0005:
+        return "in step with Redis"
+    return f"{abs(offset):.3f} s {'ahead of' if offset > 0 else 'behind'} Redis"
 
 
 def _act(request: HttpRequest) -> HttpResponse:
