@@ -80,8 +80,16 @@ for _key in ("PROCESS_TTL", "HEARTBEAT_INTERVAL", "POISON_LIMIT", "CONCURRENCY")
     _value = _env_float(f"KIQ_{_key}")
     if _value is not None:
         KIQ[_key] = int(_value) if _key in ("POISON_LIMIT", "CONCURRENCY") else _value
-if os.environ.get("KIQ_PERIODIC"):  # a JSON list of KIQ["PERIODIC"] entries
+# The demo's periodic job (docs/scheduling.md), listed on the admin's Periodic page. KIQ_PERIODIC
+# (a JSON list of entries) replaces it. The test suite, benchmarks and chaos runs name their own
+# job modules in KIQ_IMPORTS: their workers get no demo entry, whose runs would land among the
+# jobs they count.
+DEMO_PERIODIC = [{"name": "demo-minute-report", "cron": "* * * * *",
+                  "job": "testproject.demo.jobs.minute_report"}]
+if os.environ.get("KIQ_PERIODIC"):
     KIQ["PERIODIC"] = json.loads(os.environ["KIQ_PERIODIC"])
+elif not KIQ["IMPORTS"]:
+    KIQ["PERIODIC"] = DEMO_PERIODIC
 if os.environ.get("KIQ_REDIS_SENTINELS"):  # JSON [[host, port], ...] (tests/test_sentinel.py)
     KIQ["REDIS_SENTINELS"] = [tuple(s) for s in json.loads(os.environ["KIQ_REDIS_SENTINELS"])]
     KIQ["REDIS_SENTINEL_MASTER"] = os.environ.get("KIQ_REDIS_SENTINEL_MASTER", "mymaster")

@@ -105,3 +105,39 @@ def test_release_leaves_a_record_another_worker_started(backend, store):
     assert backend.get_result(result.id).status == TaskResultStatus.READY
     assert store.release_task_attempt("0" * 24, worker_id="h:2:b", ttl=60) is False
     assert not store.client.exists(store.keys.task_result("0" * 24))
+
+
+# -- 17: the demo project has a periodic job ----------------------------------------------------
+
+LIST_ENTRIES = ("from django_kiq import periodic; import json; "
+                "print(json.dumps([[r.entry.name, r.entry.cron, r.entry.job, r.entry.queue, "
+                "r.next_run is not None] for r in periodic.records()]))")
+
+
+def _entries_in_a_fresh_process(redis_url, **env):
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("KIQ_IMPORTS", "KIQ_PERIODIC")}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "shell", "--no-imports", "-c", LIST_ENTRIES],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**clean, "DJANGO_SETTINGS_MODULE": "testproject.settings",
+             "KIQ_REDIS_URL": redis_url, **env})
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_demo_settings_declare_a_periodic_job(redis_client, redis_url):
+    # What the demo's Periodic page lists (periodic.records() is the page's data).
+    assert _entries_in_a_fresh_process(redis_url) == [
+        ["demo-minute-report", "* * * * *", "testproject.demo.jobs.minute_report", "default",
+         True]]
+    # Harnesses (tests, benchmarks, chaos) name their job modules and get no demo entry.
+    assert _entries_in_a_fresh_process(redis_url, KIQ_IMPORTS="tests.jobs") == []
+
+
+def test_demo_periodic_job_runs(redis_client, caplog):
+    from testproject.demo import jobs as demo_jobs
+
+    with caplog.at_level("INFO", logger="django_kiq.demo"):
+        demo_jobs.minute_report()
+    assert "demo report: processed=0" in caplog.text

@@ -1,13 +1,18 @@
 """Sample jobs for the demo: one of each behaviour the admin pages show.
 
 ``fast`` fills the processed counter, ``slow`` keeps workers busy on its own queue, ``flaky``
-lands in the retry set now and then, and ``always_fails`` ends in the dead set.
+lands in the retry set now and then, ``always_fails`` ends in the dead set, and
+``minute_report`` is the periodic job (``KIQ["PERIODIC"]`` in testproject/settings.py) that the
+Periodic page lists.
 """
 
+import logging
 import random
 import time
 
-from django_kiq import job
+from django_kiq import api, job
+
+logger = logging.getLogger("django_kiq.demo")
 
 
 @job
@@ -33,3 +38,12 @@ def flaky(fail_ratio=0.5):
 def always_fails(reason="demo"):
     """Fail every time, keeping the backtrace, to show retries ending in the dead set."""
     raise ValueError(reason)
+
+
+@job
+def minute_report():
+    """Every minute (the demo's cron entry): log one line of counters, as a health check would."""
+    stats = api.Stats()
+    logger.info("demo report: processed=%d failed=%d enqueued=%d retries=%d dead=%d",
+                stats.processed, stats.failed, stats.enqueued, stats.retry_size,
+                stats.dead_size)
