@@ -2,7 +2,9 @@
 
 A lost reply is produced by Redis itself: ``CLIENT REPLY SKIP`` before the claim's EVALSHA makes
 the server run ``due.lua`` and send nothing back, so the poller's call times out exactly as if the
-connection had been killed after the script ran. Clock skew needs no change to the machine's
+connection had been killed after the script ran; one subprocess test kills a real worker's
+connections again and again (``CLIENT KILL TYPE normal``) while thousands of jobs come due.
+Clock skew needs no change to the machine's
 clock: the poller and the ticker take this process's clock as ``now=``, and a fast worker is one
 built with ``now=lambda: time.time() + 30``.
 """
@@ -197,3 +199,28 @@ def test_periodic_page_shows_each_workers_clock_offset(admin_client, store):
     assert page.count("off by more than 1 s") == 1 and "30.0" in page
     assert "The clock of worker fast:1:a is 30.0" in page and "ahead of Redis" in page
     assert "in sync</span>" in page
+
+
+# -- a real worker whose connections keep being killed ------------------------------------------
+
+
+def test_worker_strands_no_scheduled_job_when_its_connections_are_killed(worker_factory,
+                                                                         redis_client, store):
+    worker = worker_factory("-c", "1", "-q", "default", env={"KIQ_POLL_INTERVAL_MAX": "0.05"})
+    identity = wait_for(lambda: next(iter(redis_client.smembers("processes")), None),
+                        timeout=30, message="worker did not start").decode()
+    start = store.server_time()
+    # 4,000 jobs for a queue the worker does not consume, coming due over 2 s: many claims.
+    for k in range(40):
+        jobs_ = [payload.build(name="tests.jobs.record", args=[k, i], kwargs={}, queue="parked",
+                               now=start) for i in range(100)]
+        store.schedule([(start + 0.5 + k * 0.05, payload.encode(job)) for job in jobs_])
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        redis_client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        time.sleep(0.003)
+    lane = f"kiq:wip:{identity}|sched"
+    wait_for(lambda: redis_client.llen("queue:parked") == 4000, timeout=10,
+             message="jobs stranded in the scheduler's in-progress lane")
+    assert redis_client.llen(lane) == 0 and redis_client.zcard("schedule") == 0
+    assert redis_client.sismember("processes", identity), worker.output()
