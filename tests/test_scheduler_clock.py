@@ -4,9 +4,8 @@ A lost reply is produced by Redis itself: ``CLIENT REPLY SKIP`` before the claim
 the server run ``due.lua`` and send nothing back, so the poller's call times out exactly as if the
 connection had been killed after the script ran; one subprocess test kills a real worker's
 connections again and again (``CLIENT KILL TYPE normal``) while thousands of jobs come due.
-Clock skew needs no change to the machine's
-clock: the poller and the ticker take this process's clock as ``now=``, and a fast worker is one
-built with ``now=lambda: time.time() + 30``.
+Clock skew needs no change to the machine's clock: the poller and the ticker take this process's
+clock as ``now=``, and a fast worker is one built with ``now=lambda: time.time() + 30``.
 """
 
 from __future__ import annotations
