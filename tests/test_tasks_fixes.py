@@ -1,7 +1,8 @@
-"""Regression tests for issue 10's django.tasks and new-user items (12, 13, 14, 17).
+"""Regression tests for issue 10's django.tasks items (12, 13) and the demo's cron job (17).
 
 Against the real Redis; item 13 with real worker subprocesses, since the bug needed a process
-stopped while a task ran. Item 15 (``kiq_worker`` without Redis) is in test_worker_command.py.
+stopped while a task ran. Item 14 (screenshots) is tested in test_admin_browser.py, item 15
+(``kiq_worker`` without Redis) in test_worker_command.py.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from django.tasks import TaskResultStatus, task_backends
@@ -92,8 +92,6 @@ def test_a_task_pushed_back_on_stop_reads_ready_then_runs(backend, redis_client,
 
 def test_release_leaves_a_record_another_worker_started(backend, store):
     """The conditional write: only the attempt that was cut off goes back to READY."""
-    from django_kiq.tasks import KiqBackend  # noqa: F401 - the backend writes the record
-
     result = djtasks.add.enqueue(1, 2)
     store.start_task_attempt(result.id, {"status": "RUNNING"}, worker_id="h:1:a", now=1.0,
                              ttl=60)

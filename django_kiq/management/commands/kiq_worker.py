@@ -1,6 +1,6 @@
-"""``manage.py kiq_worker``: options -> settings -> ``Launcher.run()``; nothing else.
+"""``manage.py kiq_worker``: options -> settings -> ``Launcher.run()``.
 
-Around the run: it waits for Redis before building the launcher (or exits, with
+Around the run, and nothing more: it waits for Redis before building the launcher (or exits, with
 ``--exit-on-redis-error``), and after the run hands the django.tasks results of tasks the stop
 cut off back to READY (``tasks.release_interrupted``).
 """
@@ -28,10 +28,6 @@ from django_kiq.worker.cron_ticker import CronTicker
 
 logger = logging.getLogger("django_kiq.worker")
 T = TypeVar("T")
-
-
-class _StopWaiting(Exception):
-    """INT or TERM arrived while the worker waited for Redis."""
 
 
 class Command(BaseCommand):
@@ -92,7 +88,8 @@ class Command(BaseCommand):
         While Redis is unreachable: one log line per try, then a pause growing to MAX_BACKOFF,
         as the worker's threads do after a disconnect; INT or TERM end the wait (exit 0). With
         ``exit_on_error``: a CommandError naming the reason (one line, exit status 1). Another
-        Redis error (a refused command, a bad password) is no reason to wait: it ends the start.
+        Redis error (the server answers but refuses a command) is no reason to wait: it ends
+        the start the same way.
         """
         tries, delay, stop, previous = 0, 0.0, threading.Event(), {}
         try:
@@ -106,19 +103,16 @@ class Command(BaseCommand):
                                            f"{_one_line(exc)}") from None
                     if exit_on_error:
                         raise CommandError(reason) from None
-                    if not previous:
-                        previous = _stop_on_signals(stop)
+                    previous = previous or _stop_on_signals(stop)
                     tries, delay = tries + 1, min(MAX_BACKOFF, delay * 2 or 0.5)
                     logger.warning("%s Retrying in %.1fs (try %d).", reason, delay, tries)
                     if stop.wait(delay):
-                        raise _StopWaiting
+                        logger.info("stopped while waiting for Redis")
+                        sys.exit(0)
                     continue
                 if tries:
                     logger.info("Redis at %s answers; starting", store.describe())
                 return value
-        except _StopWaiting:
-            logger.info("stopped while waiting for Redis")
-            sys.exit(0)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
