@@ -3,7 +3,7 @@
 A lost reply is produced by Redis itself: ``CLIENT REPLY SKIP`` before the claim's EVALSHA makes
 the server run ``due.lua`` and send nothing back, so the poller's call times out exactly as if the
 connection had been killed after the script ran; one subprocess test kills a real worker's
-connections again and again (``CLIENT KILL TYPE normal``) while thousands of jobs come due.
+connections again and again (``CLIENT KILL``) while thousands of jobs come due.
 Clock skew needs no change to the machine's clock: the poller and the ticker take this process's
 clock as ``now=``, and a fast worker is one built with ``now=lambda: time.time() + 30``.
 """
@@ -216,10 +216,22 @@ def test_worker_strands_no_scheduled_job_when_its_connections_are_killed(worker_
         store.schedule([(start + 0.5 + k * 0.05, payload.encode(job)) for job in jobs_])
     deadline = time.monotonic() + 3.0
     while time.monotonic() < deadline:
-        redis_client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
-        time.sleep(0.003)
+        kill_connections_to_our_db(redis_client)
+        time.sleep(0.002)
     lane = f"kiq:wip:{identity}|sched"
     wait_for(lambda: redis_client.llen("queue:parked") == 4000, timeout=10,
              message="jobs stranded in the scheduler's in-progress lane")
     assert redis_client.llen(lane) == 0 and redis_client.zcard("schedule") == 0
     assert redis_client.sismember("processes", identity), worker.output()
+
+
+def kill_connections_to_our_db(client: redis.Redis) -> None:
+    """CLIENT KILL every connection to this run's DB but ``client``'s own: never another run's."""
+    me = client.client_id()
+    db = client.connection_pool.connection_kwargs.get("db", 0)
+    victims = [c["id"] for c in client.client_list()
+               if int(c["db"]) == db and int(c["id"]) != me]
+    pipe = client.pipeline(transaction=False)
+    for victim in victims:
+        pipe.client_kill_filter(_id=victim)
+    pipe.execute(raise_on_error=False)
