@@ -8,6 +8,9 @@
 #   KIQ_REDIS_URL   (exported) a Redis that answers PING; started here when none did
 #   kiq_stop_redis  a function that stops the Redis started here, and only that one;
 #                   callers run it on exit: `trap kiq_stop_redis EXIT`
+#   kiq_ensure_postgres, kiq_stop_postgres
+#                   the same for PostgreSQL (exports KIQ_DATABASE_URL), for callers that need
+#                   one: scripts/test.sh calls them, sourcing alone does not
 #
 # It works under `set -euo pipefail` and exits the calling script with a message (exit 1) when
 # the machine lacks something it cannot install itself. Messages go to stderr.
@@ -183,6 +186,79 @@ kiq_stop_redis() {
         kiq_say "stopped the Redis started here (pid $pid)"
     fi
     rm -f "${KIQ_REDIS_PIDFILE:-}"
+}
+
+# --- PostgreSQL (scripts/test.sh's second pass; the demo stays on SQLite) ---------------------
+
+KIQ_PG_STARTED_DIR=""
+
+kiq_pg_answers() {
+    "$VENV_PY" - "$1" >/dev/null 2>&1 <<'PY'
+import sys
+
+import psycopg
+
+try:
+    psycopg.connect(sys.argv[1], connect_timeout=2).close()
+except Exception:
+    sys.exit(1)
+PY
+}
+
+# Start a throw-away PostgreSQL (trust auth, no fsync) in a temporary directory on a free port,
+# installing Debian's `postgresql` first when its binaries are missing; export its URL.
+# initdb and postgres refuse to run as root: as root they run as the package's `postgres` user.
+kiq_start_postgres() {
+    local bindir port dir as=()
+    bindir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+    if [[ -z "$bindir" ]]; then
+        kiq_apt_install postgresql
+        bindir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+        [[ -n "$bindir" ]] || kiq_die "installed postgresql but found no /usr/lib/postgresql/*/bin"
+    fi
+    port="$(kiq_free_port)"
+    # In /tmp, not .kiq-run: the postgres user must be able to reach it whoever owns the checkout.
+    dir="$(mktemp -d /tmp/kiq-pg-XXXXXX)"
+    if [[ "$(id -u)" == 0 ]]; then
+        chown postgres: "$dir"
+        as=(setpriv --reuid=postgres --regid=postgres --init-groups)
+    fi
+    "${as[@]}" "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust --no-locale -E UTF8 \
+        --no-sync >"$dir/initdb.log" 2>&1 || kiq_die "initdb failed; see $dir/initdb.log"
+    KIQ_PG_STARTED_DIR="$dir"
+    KIQ_PG_BIN="$bindir"
+    "${as[@]}" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 -o \
+        "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null \
+        || kiq_die "PostgreSQL on port $port did not start; see $dir/server.log"
+    export KIQ_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+    kiq_say "PostgreSQL: $KIQ_DATABASE_URL (started here, in $dir, stopped on exit)"
+}
+
+# Export KIQ_DATABASE_URL: the server it names, or the local one on 5432, if it answers (tests
+# create and drop a database of their own there); else a private server started here.
+kiq_ensure_postgres() {
+    local url="${KIQ_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+    if kiq_pg_answers "$url"; then
+        export KIQ_DATABASE_URL="$url"
+        kiq_say "PostgreSQL: $url (already running; left as it is)"
+        return 0
+    fi
+    kiq_say "no PostgreSQL answers at $url; starting a private one"
+    kiq_start_postgres
+}
+
+# Stop the PostgreSQL that kiq_start_postgres started (fast shutdown) and delete its directory;
+# one found running is never touched. Safe to call twice and from an EXIT trap.
+kiq_stop_postgres() {
+    local dir="$KIQ_PG_STARTED_DIR" as=()
+    [[ -n "$dir" ]] || return 0
+    KIQ_PG_STARTED_DIR=""
+    if [[ "$(id -u)" == 0 ]]; then
+        as=(setpriv --reuid=postgres --regid=postgres --init-groups)
+    fi
+    "${as[@]}" "$KIQ_PG_BIN/pg_ctl" -D "$dir/data" -m fast -w -t 30 stop >/dev/null 2>&1 || true
+    rm -rf "$dir"
+    kiq_say "stopped the PostgreSQL started here"
 }
 
 kiq_ensure_venv

@@ -3,13 +3,15 @@
 #
 # Brings the machine up to what the suite needs (Python >= 3.12 venv and a Redis via env.sh; Ruby's
 # Sidekiq for the wire-compatibility tests; Chromium and its driver for the browser tests;
-# redis-sentinel for the failover test), runs
-# pytest from the repository root, stops the Redis it started, and exits with pytest's code.
+# redis-sentinel for the failover test; a PostgreSQL via env.sh), runs pytest from the repository
+# root twice: the whole suite on SQLite, then its database tests (marked django_db) on PostgreSQL,
+# where pytest-django creates and drops a database of the run's own. Stops the Redis and
+# PostgreSQL it started, and exits with the first failing pass's code.
 set -euo pipefail
 
 # shellcheck source=scripts/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
-trap kiq_stop_redis EXIT
+trap 'kiq_stop_postgres; kiq_stop_redis' EXIT
 # Exit on signals so the EXIT trap runs and the Redis started above does not outlive us.
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -30,12 +32,25 @@ if ((${#missing[@]})); then
     kiq_apt_install "${missing[@]}"
 fi
 
+kiq_ensure_postgres
+PG_URL="$KIQ_DATABASE_URL"
+unset KIQ_DATABASE_URL
+
 cd "$KIQ_ROOT"
 export KIQ_REDIS_URL
 rc=0
+kiq_say "pass 1: the suite on SQLite"
 "$VENV_PY" -m pytest "$@" || rc=$?
 # pytest's 5 ("no tests collected") stays a failure: a green run must have run tests.
 if ((rc == 5)); then
     kiq_say "pytest collected no tests"
 fi
-exit "$rc"
+kiq_say "pass 2: the database tests (-m django_db) on PostgreSQL"
+pg_rc=0
+KIQ_DATABASE_URL="$PG_URL" "$VENV_PY" -m pytest -m django_db "$@" || pg_rc=$?
+# Here 5 means the selection had no database test (e.g. `scripts/test.sh tests/test_retry.py`).
+if ((pg_rc == 5)); then
+    kiq_say "no database tests in this selection"
+    pg_rc=0
+fi
+exit $((rc ? rc : pg_rc))

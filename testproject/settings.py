@@ -23,6 +23,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_kiq",
     "testproject.demo",
+    "tests.dbapp",  # models for the database tests (tests/test_postgres.py)
 ]
 
 MIDDLEWARE = [
@@ -52,12 +53,19 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": os.environ.get("KIQ_DEMO_DB", str(BASE_DIR / "db.sqlite3")),
+# SQLite by default; KIQ_DATABASE_URL (postgres://user@host:5432/name?conn_max_age=60, see
+# testproject/dburl.py) runs the demo, or the suite's database tests (scripts/test.sh), on PostgreSQL.
+if os.environ.get("KIQ_DATABASE_URL"):
+    from testproject.dburl import parse as _parse_database_url
+
+    DATABASES = {"default": _parse_database_url(os.environ["KIQ_DATABASE_URL"])}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("KIQ_DEMO_DB", str(BASE_DIR / "db.sqlite3")),
+        }
     }
-}
 
 USE_TZ = True
 TIME_ZONE = "UTC"

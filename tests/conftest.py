@@ -151,3 +151,39 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, message: 
         if time.monotonic() > deadline:
             raise AssertionError(message or f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+# -- the database: SQLite by default, PostgreSQL when KIQ_DATABASE_URL says so -----------------
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    """On PostgreSQL, a test database of this run's own: ``test_<name>_<random>``, created and
+    dropped by pytest-django, so parallel runs on one server never meet (nor drop each other's)."""
+    from django.conf import settings
+
+    token = secrets.token_hex(4)
+    for db in settings.DATABASES.values():
+        if db["ENGINE"] == "django.db.backends.postgresql":
+            test = db.setdefault("TEST", {})
+            test["NAME"] = f"{test.get('NAME') or 'test_' + db['NAME']}_{token}"
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """Point worker subprocesses at the test database; end their leftover sessions before
+    pytest-django drops it (DROP DATABASE fails while anyone is connected)."""
+    from django.db import connection
+
+    url = os.environ.get("KIQ_DATABASE_URL")
+    if not url or connection.vendor != "postgresql":
+        yield
+        return
+    from testproject.dburl import with_name
+
+    name = connection.settings_dict["NAME"]
+    os.environ["KIQ_DATABASE_URL"] = with_name(url, name)
+    yield
+    os.environ["KIQ_DATABASE_URL"] = url
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE datname = %s AND pid <> pg_backend_pid()", [name])
