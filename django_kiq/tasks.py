@@ -232,7 +232,7 @@ class KiqBackend(BaseTaskBackend):
         try:
             call_args = [TaskContext(task_result=result)] if task.takes_context else []
             value = normalize_json(task.call(*call_args, *result.args, **result.kwargs))
-        except Exception as exc:
+        except BaseException as exc:  # noqa: BLE001 - SystemExit fails the task, as in core
             error = _task_error(exc)
             result.errors.append(error)
             finished = self._record_failure(store, result_id, attempt, error, final,

@@ -310,8 +310,42 @@ class Storage(SetOps, PeriodicOps, ResultOps):
             pipe.expire(k.metrics_names(hour), METRICS_TTL)
         pipe.lrange(k.signals(ident), 0, -1)
         pipe.delete(k.signals(ident))
-        results = pipe.execute()
+        try:
+            results = pipe.execute()
+        except redis.exceptions.ResponseError:
+            # Redis refused the MULTI as a whole (OOM when full: HSET, INCRBY... are denied).
+            # Liveness must not depend on room for the rest: EXPIRE is allowed when full, so
+            # refresh the TTLs on their own, or peers would take us for dead and rerun our jobs.
+            self._keep_alive(beat)
+            raise
         return [s.decode() for s in reversed(results[-2])]
+
+    def _keep_alive(self, beat: Heartbeat) -> None:
+        """Only the TTLs of the process and work hashes (commands Redis runs even when full)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.expire(self.keys.process(beat.identity), max(1, int(beat.ttl)))
+        pipe.expire(self.keys.work(beat.identity), max(1, int(beat.ttl)))
+        try:
+            pipe.execute()
+        except RedisError:
+            pass  # the caller raises the heartbeat's own error
+
+    def write_work(self, identity: str, work: dict[str, str], *, busy: int, ttl: float) -> None:
+        """Between heartbeats: replace the work hash (the Busy page) and the busy count.
+
+        One MULTI, so a reader never sees the hash half written or disagreeing with ``busy``.
+        It refreshes the process hash's TTL too: it only runs while the process is alive, and
+        the HSET would otherwise leave a hash without a TTL if the process had expired.
+        """
+        k, ttl_s = self.keys, max(1, int(ttl))
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(k.work(identity))
+        if work:
+            pipe.hset(k.work(identity), mapping=work)
+            pipe.expire(k.work(identity), ttl_s)
+        pipe.hset(k.process(identity), "busy", busy)
+        pipe.expire(k.process(identity), ttl_s)
+        pipe.execute()
 
     def unregister(self, identity: str, *, guard: bool = False) -> int:
         """Remove a process; returns jobs left in its in-progress lists (-1: guard found it)."""

@@ -6,7 +6,10 @@ manager's fetcher thread is the only thread that adds to that list; it calls :me
 When a fetch call fails mid-flight (connection killed), Redis may or may not have moved jobs:
 :meth:`reconcile` compares the list with what the process knows it holds and adopts the rest.
 :func:`recover_orphans` (run by the heartbeat thread) returns the jobs of processes whose
-heartbeat expired to the head of their queues, or to dead after ``POISON_LIMIT`` recoveries.
+heartbeat expired to the head of their queues, or to dead after ``POISON_LIMIT`` recoveries;
+:func:`plan_cutoff` counts a job still running at a shutdown's deadline the same way. Payloads
+read back from Redis are untrusted: one that cannot be read goes to dead with the reason and
+never stops a recovery pass.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from .. import payload
-from ..storage import Settle, Storage
+from .. import payload, retry
+from ..storage import TRANSIENT_ERRORS, Settle, Storage
 
 logger = logging.getLogger("django_kiq.fetcher")
 RECOVERIES_FIELD = "kiq_recoveries"
@@ -118,21 +121,14 @@ def plan_recovery(raws: Sequence[bytes], *, identity: str, poison_limit: int,
     entries = []
     crowded, apart = len(raws) > 1, 0
     for raw in raws:
-        try:
-            job = payload.decode(raw)
-        except Exception as exc:  # noqa: BLE001 - a malformed orphan still must not vanish
-            record = payload.malformed_record(raw, queue="default", reason=str(exc), now=now)
-            entries.append(Settle(kind="d", old=raw, new=payload.encode(record), score=now))
+        counted = _count_recovery(raw, now=now)
+        if isinstance(counted, Settle):
+            entries.append(counted)
             continue
-        count = int(job.get(RECOVERIES_FIELD) or 0) + 1
-        job[RECOVERIES_FIELD] = count
+        job, count = counted
         if count >= poison_limit:
-            job.update({
-                "error_class": "django_kiq.PoisonJob", "failed_at": now,
-                "error_message": f"the process running this job died {count} times "
-                                 f"(last: {identity}); moved to dead instead of running again",
-            })
-            entries.append(Settle(kind="d", old=raw, new=payload.encode(job), score=now))
+            entries.append(_poison(job, raw, now, f"the process running this job died {count} "
+                                   f"times (last: {identity})"))
         elif crowded and count == poison_limit - 1:
             apart += 1
             job.update({
@@ -150,29 +146,92 @@ def plan_recovery(raws: Sequence[bytes], *, identity: str, poison_limit: int,
 
 
 def plan_requeue(jobs: Iterable[tuple[str, bytes]]) -> list[Settle]:
-    """Jobs this process gives back on shutdown: unchanged, to the head of their queue."""
+    """Jobs this process gives back unstarted (going quiet): unchanged, to the head of their
+    queue."""
     return [Settle(kind="q", old=raw, new=raw, dest=queue) for queue, raw in jobs]
 
 
+def plan_cutoff(jobs: Iterable[tuple[str, bytes]], *, identity: str, poison_limit: int,
+                now: float) -> list[Settle]:
+    """Jobs still running at the shutdown deadline: to the head of their queue, counted.
+
+    Being cut off by a shutdown counts toward ``poison_limit`` like a death: a job that wedges
+    its worker until someone stops it would otherwise be requeued, wedge the next worker, and
+    so on forever, never reaching dead as it would if the worker had been killed instead.
+    """
+    entries = []
+    for queue, raw in jobs:
+        counted = _count_recovery(raw, now=now)
+        if isinstance(counted, Settle):
+            entries.append(counted)
+            continue
+        job, count = counted
+        if count >= poison_limit:
+            entries.append(_poison(job, raw, now, f"this job was still running when its "
+                                   f"process died or was stopped {count} times (last: "
+                                   f"{identity}, stopped)"))
+        else:
+            entries.append(Settle(kind="q", old=raw, new=payload.encode(job), dest=queue))
+    return entries
+
+
+def _count_recovery(raw: bytes, *, now: float) -> tuple[dict, int] | Settle:
+    """The job with its recovery count raised by one, or a dead entry if it cannot be counted.
+
+    A payload that is not a job, or whose ``kiq_recoveries`` is not a count (it was read from
+    Redis: "x" once stopped every heartbeat's recovery and every worker's start), goes to dead
+    with the reason rather than vanish or stop the caller.
+    """
+    try:
+        job = payload.decode(raw)
+        count = (retry.read_count(job, RECOVERIES_FIELD) or 0) + 1
+        job[RECOVERIES_FIELD] = count
+        payload.encode(job)  # fails here, not in the caller, if it cannot be written back
+        return job, count
+    except Exception as exc:  # noqa: BLE001 - a malformed orphan still must not vanish
+        reason = f"recovered from a dead or stopped process: {retry.message_of(exc)}"
+        record = payload.malformed_record(raw, queue=_queue_of(raw), reason=reason, now=now)
+        return Settle(kind="d", old=raw, new=payload.encode(record), score=now)
+
+
+def _poison(job: dict, raw: bytes, now: float, why: str) -> Settle:
+    job.update({"error_class": "django_kiq.PoisonJob", "failed_at": now,
+                "error_message": f"{why}; moved to dead instead of running again"})
+    return Settle(kind="d", old=raw, new=payload.encode(job), score=now)
+
+
 def recover_orphans(store: Storage, *, poison_limit: int, now: float | None = None) -> int:
-    """Recover every dead process's in-progress jobs; returns how many were moved."""
+    """Recover every dead process's in-progress jobs; returns how many were moved.
+
+    A Redis outage stops the pass (the caller backs off); any other error is logged and the
+    pass goes on with the next process, so one bad entry never stops recovery for the rest.
+    """
     moved = 0
     for identity in store.orphans():
-        now_ = time.time() if now is None else now
-        for lane in ("sched", "fetch"):
-            raws = store.wip_items(identity, lane)
-            if lane == "sched":  # the poller had not pushed these yet: no run happened
-                entries = [Settle(kind="l", old=raw, new=raw, dest=_queue_of(raw)) for raw in raws]
-            else:
-                entries = plan_recovery(raws, identity=identity, poison_limit=poison_limit,
-                                        now=now_)
-            flags = store.settle(identity, entries, lane=lane, guard=True, now=now_)
-            if flags is None:  # the owner came back to life
-                break
-            moved += sum(flags)
+        try:
+            moved += _recover(store, identity, poison_limit=poison_limit, now=now)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception:  # noqa: BLE001 - the next heartbeat tries this process again
+            logger.exception("could not recover the jobs of dead process %s", identity)
+    return moved
+
+
+def _recover(store: Storage, identity: str, *, poison_limit: int, now: float | None) -> int:
+    moved = 0
+    now_ = time.time() if now is None else now
+    for lane in ("sched", "fetch"):
+        raws = store.wip_items(identity, lane)
+        if lane == "sched":  # the poller had not pushed these yet: no run happened
+            entries = [Settle(kind="l", old=raw, new=raw, dest=_queue_of(raw)) for raw in raws]
         else:
-            store.unregister(identity, guard=True)
-            if moved:
-                logger.warning("recovered %d in-progress job(s) of dead process %s", moved,
-                               identity)
+            entries = plan_recovery(raws, identity=identity, poison_limit=poison_limit,
+                                    now=now_)
+        flags = store.settle(identity, entries, lane=lane, guard=True, now=now_)
+        if flags is None:  # the owner came back to life
+            return moved
+        moved += sum(flags)
+    store.unregister(identity, guard=True)
+    if moved:
+        logger.warning("recovered %d in-progress job(s) of dead process %s", moved, identity)
     return moved

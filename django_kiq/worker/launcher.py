@@ -4,8 +4,13 @@ Runs in the main thread of ``manage.py kiq_worker``. It owns a :class:`Manager` 
 threads and the fetcher), a :class:`Poller` (the ``kiq-scheduler`` thread) and the
 ``kiq-heartbeat`` thread, which every ``HEARTBEAT_INTERVAL`` writes the process hash and the work
 hash, flushes counters, obeys remote signals and recovers the jobs of processes whose heartbeat
-expired. Signals: TERM/INT stop gracefully (a second INT stops at once), TSTP quiets, TTIN logs
-every thread's stack. Signal handlers only set flags; the main loop acts on them.
+expired; between beats it rewrites the work hash (what the Busy page shows) every
+``WORK_REFRESH`` seconds when the set of running jobs changed, so that page is never more than
+about a second behind, at one write per refresh however many jobs start. Signals: TERM/INT stop
+gracefully (a second INT stops at once), TSTP quiets, TTIN logs every thread's stack. Signal
+handlers only set flags; the main loop acts on them, so no exception raised on a processor
+thread (a job's ``SystemExit``) is ever taken for a shutdown. Nothing escapes the heartbeat or
+start-up: Redis outages are retried with back-off, anything else is logged and retried.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from .processor import Processor
 from .scheduler import Poller
 
 logger = logging.getLogger("django_kiq.worker")
+WORK_REFRESH = 0.5  # seconds between checks for a changed set of running jobs
 
 
 def make_identity() -> str:
@@ -64,7 +70,8 @@ class Launcher:
         self.manager = Manager(
             store=store, fetcher=Fetcher(store.dedicated(), self.identity, order),
             processor=Processor(settings=settings, counters=self.counters),
-            concurrency=concurrency, queues=[name for name, _ in queues])
+            concurrency=concurrency, queues=[name for name, _ in queues],
+            poison_limit=settings.poison_limit)
         self.poller = Poller(store=store, identity=self.identity, settings=settings)
         # Factories get the launcher (identity, store) and return objects with start()/stop().
         self.extra = [factory(self) for factory in (extra_threads or [])]
@@ -73,6 +80,7 @@ class Launcher:
         self._heartbeat_stop = threading.Event()
         self._dump_requested = threading.Event()
         self._interrupts = 0
+        self._work_written = -1  # the manager's change counter at the last work-hash write
 
     # -- the process ---------------------------------------------------------------------------
 
@@ -106,17 +114,36 @@ class Launcher:
         return 0
 
     def _register(self) -> None:
-        """Announce ourselves before the first fetch; wait for Redis if it is down."""
+        """Announce ourselves before the first fetch; wait for Redis if it is down.
+
+        Registration must succeed before the first fetch (it is what lets another process
+        recover our jobs), so any error is retried. Recovering dead processes' jobs is only a
+        head start on the heartbeat's next pass: its failure is logged, not fatal.
+        """
         backoff = Backoff("startup", self._stop_requested)
         while not self._stop_requested.is_set():
             try:
                 self.store.register(self.identity, json.dumps(self.info()))
                 self._beat()
-                recover_orphans(self.store, poison_limit=self.settings.poison_limit)
                 backoff.ok()
-                return
+                break
             except TRANSIENT_ERRORS as exc:
                 backoff.failed(exc)
+            except Exception as exc:  # noqa: BLE001 - log it and keep trying, never exit
+                logger.exception("startup: could not register this process; retrying")
+                backoff.failed(exc)
+        if not self._stop_requested.is_set():
+            self._recover_orphans()
+
+    def _recover_orphans(self) -> None:
+        try:
+            recover_orphans(self.store, poison_limit=self.settings.poison_limit)
+        except TRANSIENT_ERRORS as exc:
+            logger.warning("recovering dead processes' jobs: Redis unavailable (%s); the next "
+                           "heartbeat tries again", exc)
+        except Exception:  # noqa: BLE001 - the next heartbeat tries again
+            logger.exception("recovering dead processes' jobs failed; the next heartbeat tries "
+                             "again")
 
     def _shutdown(self, heartbeat: threading.Thread) -> None:
         hard = self._hard_stop.is_set()
@@ -129,10 +156,10 @@ class Launcher:
         # A second INT while waiting shortens the deadline.
         watcher = threading.Thread(target=self._watch_hard_stop, daemon=True)
         watcher.start()
-        self._deadline = deadline
         left = self.manager.stop(deadline)
         for queue, raw, _, _ in left:
-            logger.warning("job pushed back to the head of %s: %.200s", queue, raw)
+            logger.warning("job cut off by the shutdown, pushed back to the head of %s (or to "
+                           "dead after POISON_LIMIT such cut-offs and deaths): %.200s", queue, raw)
         self._heartbeat_stop.set()
         heartbeat.join(timeout=5)
         self._final_beat()
@@ -144,12 +171,12 @@ class Launcher:
 
     def _final_beat(self) -> None:
         try:
-            self._flush_counters()
+            self._beat()  # the last counters
             left = self.store.unregister(self.identity)
             if left:
                 logger.error("%d job(s) could not be given back; another worker will recover "
                              "them after PROCESS_TTL", left)
-        except TRANSIENT_ERRORS as exc:
+        except Exception as exc:  # noqa: BLE001 - exiting anyway: say what it means
             logger.error("could not unregister (%s): another worker will recover any job left "
                          "after PROCESS_TTL", exc)
 
@@ -186,16 +213,36 @@ class Launcher:
 
     def _heartbeat_loop(self) -> None:
         backoff = Backoff("heartbeat", self._heartbeat_stop)
-        while not self._heartbeat_stop.wait(self.settings.heartbeat_interval):
+        interval = self.settings.heartbeat_interval
+        next_beat = time.monotonic() + interval
+        while not self._heartbeat_stop.wait(
+                min(WORK_REFRESH, max(0.0, next_beat - time.monotonic()))):
+            if time.monotonic() < next_beat:
+                self._refresh_work()
+                continue
+            next_beat = time.monotonic() + interval
             try:
                 for name in self._beat():
                     self._obey(name)
-                recover_orphans(self.store, poison_limit=self.settings.poison_limit)
                 backoff.ok()
             except TRANSIENT_ERRORS as exc:
                 backoff.failed(exc)
-            except Exception:
+                continue
+            except Exception:  # noqa: BLE001 - the heartbeat thread must outlive any error
                 logger.exception("heartbeat failed; will try again")
+            self._recover_orphans()
+
+    def _refresh_work(self) -> None:
+        """Rewrite the work hash if the running jobs changed since it was last written."""
+        changes, running = self.manager.running_state()
+        if changes == self._work_written:
+            return
+        try:
+            self.store.write_work(self.identity, self._work(running), busy=len(running),
+                                  ttl=self.settings.process_ttl)
+            self._work_written = changes
+        except Exception as exc:  # noqa: BLE001 - the next refresh or beat writes it again
+            logger.debug("work refresh failed: %s", exc)
 
     def _obey(self, name: str) -> None:
         if name == "TSTP":
@@ -207,24 +254,26 @@ class Launcher:
 
     def _beat(self) -> list[str]:
         processed, failed, timings, failures = self.counters.drain()
-        running = self.manager.running()
-        work = {
+        changes, running = self.manager.running_state()
+        beat = Heartbeat(identity=self.identity, info=json.dumps(self.info()),
+                         busy=len(running), quiet=self.manager.quiet_flag, rss_kb=rss_kb(),
+                         rtt_us=self._rtt(), work=self._work(running),
+                         ttl=self.settings.process_ttl, processed=processed, failed=failed)
+        try:
+            signals = self.store.heartbeat(beat, metrics=summarize(timings, failures))
+        except Exception:
+            self.counters.restore(processed, failed, timings, failures)
+            raise
+        self._work_written = changes
+        return signals
+
+    @staticmethod
+    def _work(running: dict[str, tuple[str, bytes, float, int]]) -> dict[str, str]:
+        return {
             thread: json.dumps({"queue": queue, "payload": raw.decode("utf-8", "replace"),
                                 "run_at": started})
             for thread, (queue, raw, started, _) in running.items()
         }
-        beat = Heartbeat(identity=self.identity, info=json.dumps(self.info()),
-                         busy=len(running), quiet=self.manager.quiet_flag, rss_kb=rss_kb(),
-                         rtt_us=self._rtt(), work=work, ttl=self.settings.process_ttl,
-                         processed=processed, failed=failed)
-        try:
-            return self.store.heartbeat(beat, metrics=summarize(timings, failures))
-        except TRANSIENT_ERRORS:
-            self.counters.restore(processed, failed, timings, failures)
-            raise
-
-    def _flush_counters(self) -> None:
-        self._beat()
 
     def _rtt(self) -> int:
         try:

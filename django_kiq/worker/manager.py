@@ -11,8 +11,10 @@ Threads (all named ``kiq-*``):
   non-destructive BLMOVE), then wake the fetcher; so pickup takes a round trip, not a poll.
 
 Lifecycle: ``start()``, then ``quiet()`` (fetch no more; buffered jobs go back to their queues),
-then ``stop(deadline)`` (wait for running jobs until the deadline, acknowledge what finished,
-push the rest back to the head of their queues).
+then ``stop(deadline)`` (wait for running jobs until the deadline, then, in one atomic write,
+acknowledge what finished and push the rest back to the head of their queues, each push
+counted toward ``POISON_LIMIT``). A processor thread outlives anything a job or its bookkeeping
+raises; the processor turns every failure into an outcome.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import time
 from collections.abc import Callable
 
 from ..storage import TRANSIENT_ERRORS, Settle, Storage
-from .fetcher import Fetcher, plan_requeue
+from .fetcher import Fetcher, plan_cutoff, plan_requeue
 from .loop import Backoff
 from .processor import Outcome, Processor
 
@@ -36,12 +38,13 @@ MAX_PREFETCH_PER_THREAD = 4
 
 class Manager:
     def __init__(self, *, store: Storage, fetcher: Fetcher, processor: Processor,
-                 concurrency: int, queues: list[str]):
+                 concurrency: int, queues: list[str], poison_limit: int = 3):
         self.store = store
         self.fetcher = fetcher
         self.processor = processor
         self.concurrency = concurrency
         self.queues = queues
+        self.poison_limit = poison_limit
         self.identity = fetcher.identity
         lock = threading.Lock()
         # One lock, two conditions: processors wait for work, stop() waits for running jobs.
@@ -51,6 +54,7 @@ class Manager:
         # thread name -> (queue, payload, started at, start sequence number)
         self._running: dict[str, tuple[str, bytes, float, int]] = {}
         self._sequence = itertools.count()
+        self._changes = 0  # bumped whenever _running changes: the heartbeat's "work is stale"
         self._job_seconds = 1.0  # moving average of job run time; starts pessimistic
         self._acks: list[bytes] = []
         self._wake = threading.Event()
@@ -110,13 +114,18 @@ class Manager:
             self._cond.notify_all()
         for thread in self._threads:
             thread.join(timeout=2)
-        self._flush_acks(deadline=time.monotonic() + 5)
         with self._cond:
+            # One snapshot of both: a job finishing between an acknowledgement flush and a
+            # look at what still runs was in neither, so it stayed in progress and ran again
+            # after recovery. Finishing after this snapshot, it is requeued (and runs again).
+            acks, self._acks = self._acks, []
             # Started later = fetched later: push those first so the oldest ends at the head.
             left = sorted(self._running.values(), key=lambda r: r[3], reverse=True)
-        if left:
-            self._settle_retrying(plan_requeue((q, raw) for q, raw, _, _ in left),
-                                  deadline=time.monotonic() + 5)
+        entries = [Settle(kind="x", old=raw) for raw in acks] + plan_cutoff(
+            ((q, raw) for q, raw, _, _ in left), identity=self.identity,
+            poison_limit=self.poison_limit, now=time.time())
+        if entries:
+            self._settle_retrying(entries, deadline=time.monotonic() + 5)
         return left
 
     def hard_deadline(self) -> None:
@@ -135,6 +144,12 @@ class Manager:
         with self._cond:
             return dict(self._running)
 
+    def running_state(self) -> tuple[int, dict[str, tuple[str, bytes, float, int]]]:
+        """A change counter and the running jobs, read together (the heartbeat writes the
+        work hash when the counter moved since its last write)."""
+        with self._cond:
+            return self._changes, dict(self._running)
+
     def _known(self) -> list[bytes]:
         with self._cond:
             return ([raw for _, raw, _, _ in self._running.values()] +
@@ -146,30 +161,57 @@ class Manager:
         name = threading.current_thread().name
         while True:
             with self._cond:
-                while not self._buffer and not self._stop.is_set():
+                if not self._buffer and not self._stop.is_set():
                     self._cond.wait(timeout=1.0)
                 if not self._buffer:
-                    return
-                queue, raw = self._buffer.popleft()
-                self._running[name] = (queue, raw, time.time(), next(self._sequence))
+                    if self._stop.is_set():
+                        return
+                    idle = True
+                else:
+                    idle = False
+                    queue, raw = self._buffer.popleft()
+                    self._running[name] = (queue, raw, time.time(), next(self._sequence))
+                    self._changes += 1
+            if idle:
+                # Django closes expired connections when a request starts or ends; a thread
+                # with no next job closes them here, so an idle worker holds no database
+                # connection longer than CONN_MAX_AGE (issue 17). Outside the lock: it may
+                # talk to the database.
+                self.processor.idle()
+                continue
             started = time.perf_counter()
-            outcome = self.processor.process(queue, raw, name)
-            self._finish(name, outcome, time.perf_counter() - started)
+            try:
+                outcome = self.processor.process(queue, raw, name)
+            except BaseException as exc:  # noqa: BLE001 - process() never raises; if it did,
+                # the thread must still live on and the job still get an outcome.
+                logger.exception("processor failed on a job; moving it to dead")
+                outcome = self.processor.last_resort(queue, raw, exc)
+            self._finish(name, queue, outcome, time.perf_counter() - started)
 
-    def _finish(self, name: str, outcome: Outcome, elapsed: float) -> None:
-        if outcome.kind != "done":
-            entry = self._settle_entry(outcome)
-            # Until this succeeds the job stays in the in-progress list (and in _running, so a
-            # reconcile never adopts it); if Redis never comes back, orphan recovery reruns it.
-            self._settle_retrying([entry], deadline=None)
+    def _finish(self, name: str, queue: str, outcome: Outcome, elapsed: float) -> None:
+        try:
+            if outcome.kind != "done":
+                # Until this succeeds the job stays in the in-progress list (and in _running, so
+                # a reconcile never adopts it); if Redis never comes back, orphan recovery
+                # reruns it.
+                self._settle_retrying([self._settle_entry(outcome)], deadline=None,
+                                      fallback=lambda exc: self._dead_instead(queue, outcome, exc))
+        except Exception:  # noqa: BLE001 - the thread lives on; the job stays in progress
+            logger.exception("could not write a job's outcome; it stays in progress")
         with self._cond:
             if outcome.kind == "done":
                 self._acks.append(outcome.raw)
             self._running.pop(name, None)
+            self._changes += 1
             self._job_seconds += (elapsed - self._job_seconds) * 0.05
             if not self._running:
                 self._drained.notify_all()
         self._wake.set()
+
+    def _dead_instead(self, queue: str, outcome: Outcome, exc: Exception) -> list[Settle]:
+        """Redis refused the outcome for a reason of its own (not an outage): dead instead."""
+        dead = self.processor.last_resort(queue, outcome.raw, exc)
+        return [self._settle_entry(dead)]
 
     @staticmethod
     def _settle_entry(outcome: Outcome) -> Settle:
@@ -180,7 +222,10 @@ class Manager:
             return Settle(kind="d", old=outcome.raw, new=outcome.new, score=outcome.at)
         return Settle(kind="x", old=outcome.raw)
 
-    def _settle_retrying(self, entries: list[Settle], deadline: float | None) -> bool:
+    def _settle_retrying(self, entries: list[Settle], deadline: float | None,
+                         fallback: Callable[[Exception], list[Settle]] | None = None) -> bool:
+        """Write ``entries`` until it succeeds or ``deadline``; a first non-transient error
+        switches to ``fallback(error)``'s entries, if given (e.g. dead with the reason)."""
         backoff = Backoff(f"settle in {self.identity}", threading.Event())
         while True:
             try:
@@ -190,6 +235,9 @@ class Manager:
             except Exception as exc:  # any error: the jobs stay in progress, never dropped
                 if not isinstance(exc, TRANSIENT_ERRORS):
                     logger.exception("unexpected error writing %d job outcome(s)", len(entries))
+                    if fallback is not None:
+                        entries, fallback = fallback(exc), None
+                        continue
                 if deadline is not None and time.monotonic() >= deadline:
                     logger.error("could not write %d job outcome(s); they stay in progress "
                                  "and will be recovered", len(entries))
@@ -260,17 +308,6 @@ class Manager:
         # off), or stay in the in-progress list until PROCESS_TTL, counted as a recovery. Give
         # them back like quiet() does (the check is under the lock quiet() empties the buffer in).
         self._settle_retrying(plan_requeue(reversed(jobs)), deadline=time.monotonic() + 10)
-
-    def _flush_acks(self, deadline: float) -> None:
-        with self._cond:
-            acks, self._acks = self._acks, []
-        backoff = Backoff("final acknowledgements", threading.Event())
-        while acks and time.monotonic() < deadline:
-            try:
-                self.fetcher.fetch(0, acks)
-                return
-            except TRANSIENT_ERRORS as exc:
-                backoff.failed(exc)
 
     # -- queue waiters -------------------------------------------------------------------------
 

@@ -5,6 +5,13 @@ own: the retry middleware asks ``retry.decide`` what a failure means, and the re
 :class:`Outcome` the manager writes through the storage layer. Built-in middleware (logging,
 stats, retries) sits outermost in the same chain as the user's ``KIQ["SERVER_MIDDLEWARE"]``, so
 the chain is the single place execution is wrapped.
+
+A job's failure is any exception it raises, ``SystemExit`` and ``KeyboardInterrupt`` included:
+a worker's signal handlers only set flags, so no exception on a processor thread is ever the
+shutdown. :meth:`Processor.process` never raises: whatever goes wrong while running a job or
+deciding its fate (a hostile field, a middleware or handler bug, an outcome that cannot be
+encoded), the job gets an outcome, dead with the reason if nothing else works, and the thread
+lives on.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from ..conf import KiqSettings
 from ..exceptions import MalformedPayload, UnknownJob
 from ..middleware import build_chain
 from ..stats import Counters
+from . import database
 
 logger = logging.getLogger("django_kiq.job")
 
@@ -79,24 +87,58 @@ class Processor:
     # -- entry point ---------------------------------------------------------------------------
 
     def process(self, queue: str, raw: bytes, thread: str) -> Outcome:
+        """Run one job; always returns its outcome, never raises."""
+        try:
+            return self._process(queue, raw, thread)
+        except BaseException as exc:  # noqa: BLE001 - last resort: the thread must live on
+            logger.exception("could not run or record the outcome of a job on %s; moving it "
+                             "to dead", queue)
+            return self.last_resort(queue, raw, exc)
+
+    def _process(self, queue: str, raw: bytes, thread: str) -> Outcome:
         try:
             job = payload.decode(raw)
         except MalformedPayload as exc:
             return self._malformed(queue, raw, str(exc))
         ctx = JobContext(raw=raw, queue=queue, job=job, thread=thread,
                          definition=registry.get(job["class"]))
-        close_old_connections()
+        _close_old_connections()
+        depths = database.atomic_depths()
         try:
             self.chain(ctx)
-        except BaseException as exc:  # noqa: BLE001 - every failure becomes an outcome
-            if not isinstance(exc, Exception):
-                raise
+        except BaseException as exc:  # noqa: BLE001 - SystemExit too: a failure like any
             if ctx.decision is None:  # raised outside the retry middleware's reach
                 ctx.decision = self._decide(ctx, exc)
             return self._outcome(ctx)
         finally:
-            close_old_connections()
+            database.end_open_transactions(depths, jid=ctx.jid, name=ctx.display_name)
+            _close_old_connections()
         return Outcome(kind="done", raw=raw)
+
+    def last_resort(self, queue: str, raw: bytes, exc: BaseException) -> Outcome:
+        """Dead, with the reason: for a job whose failure could not be handled the normal way.
+
+        Keeps the job hash (with error fields) when it can still be encoded, else a
+        malformed-payload record holding the raw text (e.g. args with a lone surrogate, which
+        decode from JSON but cannot be encoded again).
+        """
+        now = self.now()
+        reason = (f"the worker could not handle this job's outcome ({retry.exception_path(exc)}: "
+                  f"{retry.message_of(exc)}); moved to dead")
+        try:
+            job = payload.decode(raw)
+            job.update({"failed_at": now, "error_class": "django_kiq.ProcessorError",
+                        "error_message": reason})
+            new = payload.encode(job)
+        except BaseException:  # noqa: BLE001 - fall back to the raw text, which always encodes
+            new = payload.encode(payload.malformed_record(raw, queue=queue, reason=reason,
+                                                          now=now))
+        return Outcome(kind="dead", raw=raw, new=new, at=now)
+
+    def idle(self) -> None:
+        """Called by an idle processor thread about once a second: close this thread's
+        database connections that are past ``CONN_MAX_AGE`` or unusable, as a job's end does."""
+        _close_old_connections()
 
     def _malformed(self, queue: str, raw: bytes, reason: str) -> Outcome:
         logger.error("malformed payload on queue %s moved to dead: %s", queue, reason)
@@ -115,8 +157,7 @@ class Processor:
 
     def _call(self, ctx: JobContext) -> Any:
         if ctx.definition is None:
-            raise UnknownJob(f"no job is registered as {ctx.name!r} in this worker "
-                             "(is its module in an installed app's jobs.py or KIQ['IMPORTS']?)")
+            raise UnknownJob(unknown_job_message(ctx.name))
         func = ctx.definition.func
         kwargs = ctx.job.get("kwargs") or {}
         result = func(*ctx.job["args"], **kwargs)
@@ -133,7 +174,7 @@ class Processor:
                 logger.info("start jid=%s job=%s queue=%s", ctx.jid, ctx.display_name, ctx.queue)
             try:
                 result = call_next(ctx)
-            except Exception as exc:
+            except BaseException as exc:  # noqa: BLE001 - logged, then re-raised
                 logger.warning("fail jid=%s job=%s elapsed=%.3fs error=%s: %s", ctx.jid,
                                ctx.display_name, time.monotonic() - ctx.started,
                                type(exc).__name__, exc)
@@ -159,12 +200,12 @@ class Processor:
         def retry_mw(ctx: JobContext) -> Any:
             try:
                 return call_next(ctx)
-            except Exception as exc:
+            except BaseException as exc:  # noqa: BLE001 - SystemExit is a job's failure too
                 ctx.decision = self._decide(ctx, exc)
                 raise
         return retry_mw
 
-    def _decide(self, ctx: JobContext, exc: Exception) -> retry.Decision:
+    def _decide(self, ctx: JobContext, exc: BaseException) -> retry.Decision:
         options = ctx.definition.options if ctx.definition else None
         decision = retry.decide(ctx.job, exc, default_max=self.settings.max_retries,
                                 now=self.now(), retry_in=options.retry_in if options else None)
@@ -179,5 +220,21 @@ class Processor:
         for handler in handlers:
             try:
                 handler(*args)
-            except Exception:
+            except BaseException:  # noqa: BLE001 - a handler's exit must not skip the outcome
                 logger.exception("error/death handler %r raised; ignored", handler)
+
+
+def unknown_job_message(name: str) -> str:
+    """Why ``name`` is unknown, and what to do (a job added after the worker started)."""
+    return (f"no job is registered as {name!r} in this worker. A worker registers its jobs "
+            "once, at start-up, from the jobs.py and tasks.py modules of installed apps and the "
+            "modules listed in KIQ['IMPORTS']: if the job was added or renamed since, restart "
+            "the worker (a future `kiq_worker --reload` will do it for you)")
+
+
+def _close_old_connections() -> None:
+    """Django's per-job connection hygiene; its failure is not the job's outcome."""
+    try:
+        close_old_connections()
+    except Exception:  # noqa: BLE001 - e.g. a database gone away while closing
+        logger.exception("closing old database connections failed")
