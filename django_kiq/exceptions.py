@@ -27,3 +27,33 @@ class UnknownJob(KiqError):
 
 class PayloadTooLarge(ValueError, KiqError):
     """The encoded job is larger than ``KIQ["MAX_PAYLOAD_BYTES"]``."""
+
+
+class JobCancelled(Exception):
+    """Raised inside a running job that was cancelled (``api.cancel``, the admin).
+
+    An ``Exception`` so a job can catch it to clean up. A cancelled job is not retried and is
+    not counted as failed, whether it re-raises or returns after cleaning up.
+    """
+
+    def __init__(self, message: str = "the job was cancelled"):
+        super().__init__(message)
+
+
+class JobTimeout(Exception):
+    """Raised inside a job that ran past its time limit (``@job(timeout=...)``).
+
+    An ordinary failure: the job's retry policy applies (``error_class`` "JobTimeout").
+    """
+
+    def __init__(self, message: str = "the job ran past its time limit"):
+        super().__init__(message)
+
+
+class DuplicateJob(KiqError):
+    """A unique job is already waiting, scheduled, running or pending retry
+    (``@job(unique_for=..., unique_conflict="raise")``). ``jid`` is the existing job's."""
+
+    def __init__(self, message: str, jid: str | None = None):
+        super().__init__(message)
+        self.jid = jid

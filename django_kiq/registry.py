@@ -37,9 +37,21 @@ class JobOptions:
     tags: tuple[str, ...] = ()
     cron: str | None = None
     timezone: str | None = None
+    # Execution control (docs/execution.md); each is off until set.
+    timeout: float | None = None
+    expires_in: float | None = None
+    unique_for: float | None = None
+    unique_until: str = "success"
+    unique_key: Callable | None = None
+    unique_conflict: str = "drop"
+    iterable: bool = False
 
     def payload_fields(self) -> dict[str, Any]:
-        """The options that travel in the job hash (Sidekiq field names)."""
+        """The options that travel in the job hash (Sidekiq field names, ``kiq_`` for ours).
+
+        Per-enqueue fields that depend on the time or the arguments (``kiq_expires_at``,
+        ``kiq_unique``) are added by the client.
+        """
         out: dict[str, Any] = {"retry": self.retry}
         if self.backtrace:
             out["backtrace"] = self.backtrace
@@ -49,11 +61,20 @@ class JobOptions:
             out["retry_queue"] = self.retry_queue
         if self.tags:
             out["tags"] = list(self.tags)
+        if self.timeout is not None:
+            out["kiq_timeout"] = self.timeout
+        if self.unique_for is not None and self.unique_until == "start":
+            out["kiq_unique_until"] = "start"
+        if self.iterable:
+            out["kiq_iterable"] = True
         return out
 
 
 OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(JobOptions)) | {"name"}
-SET_OPTION_NAMES = frozenset({"queue", "retry", "backtrace", "dead", "retry_queue", "tags"})
+SET_OPTION_NAMES = frozenset({"queue", "retry", "backtrace", "dead", "retry_queue", "tags",
+                              "timeout", "expires_in"})
+UNIQUE_UNTIL = ("success", "start")
+UNIQUE_CONFLICT = ("drop", "raise")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,7 +112,33 @@ def validate_options(options: dict[str, Any], *, where: str) -> None:
         raise TypeError(f"{where}: tags must be a list of strings")
     if options.get("cron") is not None:
         validate_cron(options["cron"], options.get("timezone"), where=where)
+    _validate_execution(options, where)
     del queue
+
+
+def _positive(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and value > 0 and value != float("inf"))
+
+
+def _validate_execution(options: dict[str, Any], where: str) -> None:
+    for key in ("timeout", "expires_in", "unique_for"):
+        value = options.get(key)
+        if value is not None and not _positive(value):
+            raise ValueError(f"{where}: {key} must be a number of seconds > 0, not {value!r}")
+    if options.get("unique_until", "success") not in UNIQUE_UNTIL:
+        raise ValueError(f"{where}: unique_until must be one of {UNIQUE_UNTIL}, "
+                         f"not {options['unique_until']!r}")
+    if options.get("unique_conflict", "drop") not in UNIQUE_CONFLICT:
+        raise ValueError(f"{where}: unique_conflict must be one of {UNIQUE_CONFLICT}, "
+                         f"not {options['unique_conflict']!r}")
+    if options.get("unique_key") is not None and not callable(options["unique_key"]):
+        raise TypeError(f"{where}: unique_key must be callable(*args, **kwargs) -> str")
+    uses_unique = any(k in options for k in ("unique_until", "unique_key", "unique_conflict"))
+    if uses_unique and options.get("unique_for") is None:
+        raise TypeError(f"{where}: unique_until/unique_key/unique_conflict need unique_for")
+    if not isinstance(options.get("iterable", False), bool):
+        raise TypeError(f"{where}: iterable must be True or False")
 
 
 def validate_cron(expression: str, timezone: str | None, *, where: str) -> None:
@@ -119,10 +166,24 @@ def _check_function(func: Callable) -> None:
                         "importable; define it at module level")
 
 
+def _check_iterable(func: Callable, where: str) -> None:
+    if not inspect.isgeneratorfunction(func):
+        raise TypeError(f"{where}: iterable=True needs a generator function (one that yields "
+                        "a cursor after each item)")
+    params = inspect.signature(func).parameters
+    cursor = params.get("cursor")
+    if cursor is None or cursor.kind not in (inspect.Parameter.KEYWORD_ONLY,
+                                             inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        raise TypeError(f"{where}: an iterable job takes a keyword argument 'cursor' (None on "
+                        "the first run, then the last cursor it yielded)")
+
+
 def register(func: Callable, options: dict[str, Any]) -> JobDefinition:
     _check_function(func)
     where = f"@job on {func.__module__}.{func.__qualname__}"
     validate_options(options, where=where)
+    if options.get("iterable"):
+        _check_iterable(func, where)
     name = options.pop("name", None) or f"{func.__module__}.{func.__qualname__}"
     if not isinstance(name, str) or not name:
         raise ValueError(f"{where}: name must be a non-empty string")
