@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the demo on this machine: `bash scripts/demo.sh`, then open the admin it prints.
 #
-# Sets up the venv and a Redis (env.sh), migrates the SQLite database, makes the superuser
+# Sets up the venv and a Redis (env.sh), migrates the database (SQLite's db.sqlite3; set
+# KIQ_DATABASE_URL=postgres://user@host:5432/name to use PostgreSQL instead), makes the superuser
 # admin/admin, enqueues sample jobs (manage.py kiq_demo), starts a worker in the background and
 # the development server in the foreground. Ctrl-C stops the server; the exit trap then stops the
 # worker gracefully (TERM, as Sidekiq's) and the Redis started here.
@@ -80,6 +81,7 @@ cat <<BANNER
   Admin: http://127.0.0.1:$PORT/admin/  user admin  password admin
   Worker: pid $WORKER_PID, log $WORKER_LOG  (tail -f it to watch jobs run)
   Redis: $KIQ_REDIS_URL
+  Database: ${KIQ_DATABASE_URL:-SQLite, $KIQ_ROOT/db.sqlite3}
   Ctrl-C stops the server, the worker and any Redis started here.
 
 BANNER
