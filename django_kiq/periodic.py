@@ -259,15 +259,10 @@ def enqueue_now(name: str) -> str | None:
     admin request may well be atomic). ``KIQ["TESTING"]`` modes collect or run it like any job.
     Records the run as the entry's last run; the tick schedule is unchanged.
     """
-    from .client import check_size, client_chain, push_now, submit_payloads
+    from .client import submit_payloads
 
     entry, settings, now = get(name), get_settings(), time.time()
-    if settings.testing:
-        return submit_payloads([build_job(entry, now)], settings)[0]
-    job = client_chain(settings)(build_job(entry, now))
-    if job is None:
-        return None
-    check_size(job, settings)
-    push_now([job], settings)
-    storage.get_default().periodic_record_run(entry.name, job["jid"], now)
-    return job["jid"]
+    [jid] = submit_payloads([build_job(entry, now)], settings, on_commit=False)
+    if jid is not None and not settings.testing:
+        storage.get_default().periodic_record_run(entry.name, jid, now)
+    return jid

@@ -29,10 +29,6 @@ class Keys:
         return self._k(f"queue:{name}")
 
     @property
-    def queue_prefix(self) -> str:
-        return self._k("queue:")
-
-    @property
     def schedule(self) -> str:
         return self._k("schedule")
 

@@ -365,9 +365,6 @@ class Storage(SetOps, PeriodicOps, ResultOps):
             pipe.exists(self.keys.process(ident))
         return [i for i, alive in zip(identities, pipe.execute()) if not alive]
 
-    def signal(self, identity: str, name: str) -> None:
-        self.client.lpush(self.keys.signals(identity), name)
-
     def describe(self) -> str:
         """Where this storage points, for banners and logs (no password)."""
         pool = self.client.connection_pool
