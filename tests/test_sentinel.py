@@ -201,7 +201,7 @@ def test_workers_and_producers_follow_two_failovers(topology, worker_factory, re
     ({"REDIS_SENTINELS": [("127.0.0.1", 26379)], "REDIS_SENTINEL_MASTER": ""},
      "django_kiq.E015"),
     ({"REDIS_SENTINELS": [("127.0.0.1", 26379)], "REDIS_SENTINEL_MASTER": "m",
-      "REDIS_CACHE_ALIAS": "default"}, "django_kiq.E015"),
+      "REDIS_CACHE_ALIAS": "default"}, "django_kiq.E018"),
     ({"REDIS_SENTINEL_OPTIONS": ["password"]}, "django_kiq.E016"),
 ])
 def test_bad_sentinel_settings_are_errors(kiq, error_id):
