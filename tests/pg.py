@@ -145,7 +145,8 @@ class PrivatePostgres:
 
     def url(self, dbname: str, **params: object) -> str:
         query = urlencode({k: v for k, v in params.items() if v is not None})
-        return f"postgres://postgres@127.0.0.1:{self.port}/{dbname}" + (f"?{query}" if query else "")
+        base = f"postgres://postgres@127.0.0.1:{self.port}/{dbname}"
+        return base + (f"?{query}" if query else "")
 
     def start(self, timeout: float = 30.0) -> None:
         self.proc = subprocess.Popen(

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
+import sys
 import threading
 import time
 
@@ -22,7 +24,7 @@ import pytest
 from django_kiq.api import Queue, RetrySet, Stats
 from tests import jobs as test_jobs
 from tests import pg
-from tests.conftest import wait_for
+from tests.conftest import ROOT, wait_for
 from tests.dbapp import jobs
 from tests.dbapp.models import Counter, Note
 
@@ -32,7 +34,7 @@ def on_postgres(func):
 
 
 def start_worker(worker_factory, *args: str, url: str):
-    return worker_factory(*args, env={"KIQ_DATABASE_URL": url, "KIQ_LOG_LEVEL": os.environ.get("DBG_LOG", "WARNING")})
+    return worker_factory(*args, env={"KIQ_DATABASE_URL": url, "KIQ_LOG_LEVEL": "WARNING"})
 
 
 def app_name() -> str:
@@ -111,7 +113,8 @@ def test_conn_max_age_closes_or_reuses_connections_as_for_requests(worker_factor
         return
     # Reused as for requests: a thread's connection lives until its CONN_MAX_AGE, then the end
     # of the job that finds it expired closes it and the next job opens another.
-    assert len(pids) <= 4 * (1 + int((finished - started) // max_age)), (len(pids), finished - started)
+    elapsed = finished - started
+    assert len(pids) <= 4 * (1 + int(elapsed // max_age)), (len(pids), elapsed)
     assert open_now and open_now <= pids and len(open_now) <= 4
     wait_for(lambda: not pg.sessions(app), timeout=max_age + 3,
              message=f"an idle worker kept connections past CONN_MAX_AGE={max_age}")
@@ -203,7 +206,7 @@ def test_follow_up_enqueued_in_a_locking_transaction_is_pushed_at_commit(worker_
 # -- a database restart under a running worker ---------------------------------------------
 
 @pytest.mark.timeout(180)
-def test_worker_rides_out_a_postgres_restart(worker_factory, redis_client, tmp_path):
+def test_worker_rides_out_a_postgres_restart(worker_factory, redis_client):
     """A private server (not the machine's): stopped in fast mode mid-run, started again."""
     server = pg.PrivatePostgres()
     try:
@@ -211,7 +214,7 @@ def test_worker_rides_out_a_postgres_restart(worker_factory, redis_client, tmp_p
         with psycopg.connect(**server.conninfo(), autocommit=True) as db:
             db.execute("CREATE DATABASE kiq")
         url = server.url("kiq", application_name="kiq-restart", conn_max_age=600)
-        _migrate(url, tmp_path)
+        _migrate(url)
         with psycopg.connect(**server.conninfo("kiq"), autocommit=True) as db:
             db.execute("INSERT INTO dbapp_counter (name, value) VALUES ('orm', 5)")
         worker = start_worker(worker_factory, "-c", "5", url=url)
@@ -251,13 +254,7 @@ def test_worker_rides_out_a_postgres_restart(worker_factory, redis_client, tmp_p
         server.close()
 
 
-def _migrate(url: str, tmp_path) -> None:
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
+def _migrate(url: str) -> None:
     env = {**os.environ, "KIQ_DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "testproject.settings"}
     subprocess.run([sys.executable, str(ROOT / "manage.py"), "migrate", "dbapp", "--skip-checks",
                     "-v", "0"], cwd=ROOT, env=env, check=True, timeout=60)
