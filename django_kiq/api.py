@@ -17,12 +17,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import ClassVar
 
 from . import payload, storage
+from .cancellation import cancel
 from .exceptions import MalformedPayload
 from .records import (DEFAULT_QUEUE, JobMetrics, JobRecord, ProcessRecord, QueueState,
                       SearchPage, WorkRecord, decode_record, jid_needle, job_metrics,
                       member_digest, parse_key, parse_queue_key, process_record, queue_key)
 
-__all__ = ["Stats", "Queue", "JobSet", "ScheduledSet", "RetrySet", "DeadSet", "ProcessSet",
+__all__ = ["cancel", "Stats", "Queue", "JobSet", "ScheduledSet", "RetrySet", "DeadSet", "ProcessSet",
            "Metrics", "JobRecord", "SearchPage", "ProcessRecord", "WorkRecord", "JobMetrics",
            "QueueState", "decode_record"]
 

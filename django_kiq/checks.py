@@ -77,6 +77,11 @@ def _check_shapes(raw: dict) -> list:
         errors.append(_error("KIQ['TESTING'] must be None, 'inline' or 'fake'.", 10))
     if not isinstance(raw["ENQUEUE_ON_COMMIT"], bool):
         errors.append(_error("KIQ['ENQUEUE_ON_COMMIT'] must be True or False.", 11))
+    timeout = raw["DEFAULT_TIMEOUT"]
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not 0 < timeout < float("inf")):
+        errors.append(_error(f"KIQ['DEFAULT_TIMEOUT'] must be None or seconds > 0, not "
+                             f"{timeout!r}.", 19))
     return errors
 
 

@@ -19,9 +19,9 @@ from typing import Any, Protocol
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 
-from . import payload, storage
+from . import payload, storage, unique
 from .conf import KiqSettings, get_settings
-from .exceptions import EnqueueError, PayloadTooLarge
+from .exceptions import DuplicateJob, EnqueueError, PayloadTooLarge
 from .middleware import build_chain
 
 logger = logging.getLogger("django_kiq.client")
@@ -81,7 +81,37 @@ def _submit(job_obj, items: list[tuple[tuple, dict]], at: float | None) -> list[
         if at is not None and at > now:
             job["at"] = at
         jobs.append(job)
+    if options.expires_in is not None or options.unique_for is not None:
+        return _submit_controlled(job_obj, options, items, jobs, settings, now)
     return submit_payloads(jobs, settings)
+
+
+def _submit_controlled(job_obj, options, items: list[tuple[tuple, dict]],
+                       jobs: list[dict[str, Any]], settings: KiqSettings,
+                       now: float) -> list[str | None]:
+    """Expiring and unique jobs: stamp their per-call fields, drop duplicates in the batch."""
+    out: list[str | None] = [None] * len(jobs)
+    kept, positions, seen = [], [], set()
+    for i, ((args, kwargs), job) in enumerate(zip(items, jobs)):
+        start = job.get("at", now)
+        if options.expires_in is not None:
+            job["kiq_expires_at"] = start + options.expires_in
+        if options.unique_for is not None:
+            lock = unique.digest(name=job_obj.name, queue=options.queue, args=args,
+                                 kwargs=kwargs, key=options.unique_key)
+            if lock in seen:  # the same job twice in one enqueue_many
+                logger.info("duplicate of unique job %s dropped within its batch", job_obj.name)
+                continue
+            seen.add(lock)
+            job["kiq_unique"] = lock
+            job["kiq_unique_for"] = options.unique_for
+        kept.append(job)
+        positions.append(i)
+    jids = submit_payloads(kept, settings,
+                           raise_duplicates=options.unique_conflict == "raise")
+    for i, jid in zip(positions, jids):
+        out[i] = jid
+    return out
 
 
 class Writer(Protocol):
@@ -94,7 +124,8 @@ class Writer(Protocol):
 
     checks_size: bool
 
-    def __call__(self, jobs: list[dict[str, Any]], settings: KiqSettings) -> None: ...
+    def __call__(self, jobs: list[dict[str, Any]],
+                 settings: KiqSettings) -> list[str | None] | None: ...
 
 
 #: The writers of ``KIQ["TESTING"]`` modes, registered by ``django_kiq.testing`` on import.
@@ -119,14 +150,16 @@ def _test_writer(mode: str) -> Writer:
 
 def submit_payloads(jobs: list[dict[str, Any]], settings: KiqSettings | None = None, *,
                     on_commit: bool | None = None, writer: Writer | None = None,
-                    ) -> list[str | None]:
+                    raise_duplicates: bool = False) -> list[str | None]:
     """The one enqueue pipeline: client middleware -> size check -> on-commit -> a writer.
 
     Every way of enqueueing ends here (``@job`` calls, the django.tasks backend, cron runs
     started by hand, the API). ``on_commit`` overrides ``KIQ["ENQUEUE_ON_COMMIT"]`` for these
     jobs; ``writer`` replaces the Redis writer (the django.tasks backend writes a result record
     with each job). In a ``KIQ["TESTING"]`` mode the mode's writer runs instead of any other.
-    Returns each job's jid, or None where middleware dropped it.
+    Returns each job's jid, or None where middleware dropped it or, for a unique job, another
+    job holds its lock (``raise_duplicates`` raises :class:`DuplicateJob` instead). Deferred to
+    a commit, a duplicate can only be dropped (and logged) at the commit.
     """
     settings = settings or get_settings()
     if settings.testing:
@@ -146,9 +179,23 @@ def submit_payloads(jobs: list[dict[str, Any]], settings: KiqSettings | None = N
             check_size(job, settings)
     if defer:
         transaction.on_commit(lambda: writer(accepted, settings))
-    else:
-        writer(accepted, settings)
+        return jids
+    refused = writer(accepted, settings)
+    if refused:
+        _apply_refusals(accepted, refused, jids, raise_duplicates)
     return jids
+
+
+def _apply_refusals(accepted: list[dict[str, Any]], refused: list[str | None],
+                    jids: list[str | None], raise_duplicates: bool) -> None:
+    """Unique jobs the writer did not push (another job holds the lock): None, or raise."""
+    for job, holder in zip(accepted, refused):
+        if holder is None:
+            continue
+        if raise_duplicates:
+            raise DuplicateJob(f"{job['class']} is already enqueued as {holder} (unique job)",
+                               jid=holder)
+        jids[jids.index(job["jid"])] = None
 
 
 def client_chain(settings: KiqSettings) -> Callable:
@@ -188,16 +235,25 @@ def encode_for_push(jobs: list[dict[str, Any]], settings: KiqSettings, now: floa
     return immediate, scheduled
 
 
-def push_now(jobs: list[dict[str, Any]], settings: KiqSettings | None = None) -> None:
-    """Write jobs to Redis now: due ones to their queue, future ones to the schedule set."""
+def push_now(jobs: list[dict[str, Any]],
+             settings: KiqSettings | None = None) -> list[str | None] | None:
+    """Write jobs to Redis now: due ones to their queue, future ones to the schedule set.
+
+    Returns None when every job was written; with unique jobs among them, one entry per job:
+    None if written, else the jid of the job holding its lock (that job was not written).
+    """
     settings = settings or get_settings()
     store = storage.get_default()
-    immediate, scheduled = encode_for_push(jobs, settings, time.time())
+    now = time.time()
     try:
+        if any("kiq_unique" in job for job in jobs):
+            return _push_unique(store, jobs, settings, now)
+        immediate, scheduled = encode_for_push(jobs, settings, now)
         if immediate:
             store.push(immediate)
         if scheduled:
             store.schedule(scheduled)
+        return None
     except storage.RedisError as exc:
         jids = ", ".join(j["jid"] for j in jobs[:5]) + (" ..." if len(jobs) > 5 else "")
         logger.error("enqueue failed for %d job(s) (%s): %s", len(jobs), jids, exc)
@@ -206,13 +262,44 @@ def push_now(jobs: list[dict[str, Any]], settings: KiqSettings | None = None) ->
 
 
 
+def _push_unique(store, jobs: list[dict[str, Any]], settings: KiqSettings,
+                 now: float) -> list[str | None]:
+    """Each unique job takes its lock and is pushed in one atomic step (plain ones as usual)."""
+    items, plain, where = [], [], []
+    for job in jobs:
+        if "kiq_unique" not in job:
+            plain.append(job)
+            where.append(None)
+            continue
+        at = job.get("at")
+        scheduled = at is not None and at > now
+        ready = payload.for_schedule(job) if scheduled else payload.ready_for_queue(job, now)
+        raw = payload.encode(ready)
+        check_size(job, settings, raw)
+        ttl = unique.lock_ttl_ms(job["kiq_unique_for"], delay=(at - now) if scheduled else 0)
+        items.append(storage.UniquePush(digest=job["kiq_unique"], jid=job["jid"], ttl_ms=ttl,
+                                        raw=raw, queue=ready["queue"],
+                                        at=at if scheduled else None))
+        where.append(len(items) - 1)
+    if plain:
+        push_now(plain, settings)
+    holders = store.push_unique(items) if items else []
+    out = [None if i is None else holders[i] for i in where]
+    for job, holder in zip(jobs, out):
+        if holder is not None:
+            logger.info("unique job %s (%s) not enqueued: %s holds its lock", job["class"],
+                        job["jid"], holder)
+    return out
+
+
 class RedisWriter:
     """The production writer: :func:`push_now`, which checks sizes as it encodes."""
 
     checks_size = True
 
-    def __call__(self, jobs: list[dict[str, Any]], settings: KiqSettings) -> None:
-        push_now(jobs, settings)
+    def __call__(self, jobs: list[dict[str, Any]],
+                 settings: KiqSettings) -> list[str | None] | None:
+        return push_now(jobs, settings)
 
 
 REDIS_WRITER = RedisWriter()

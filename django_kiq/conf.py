@@ -67,6 +67,9 @@ class KiqSettings:
     poll_interval_max: float = _setting(0.5, minimum=0.01, number=_FLOAT)
     max_payload_bytes: int = _setting(1024 * 1024, minimum=1, number=int)
     tag: str = _setting("")
+    # Execution control (docs/execution.md).
+    default_timeout: float | None = _setting(None)
+    checkpoint_interval: float = _setting(5.0, minimum=0.01, number=_FLOAT)
 
     def replace(self, **changes: Any) -> "KiqSettings":
         return dataclasses.replace(self, **changes)

@@ -189,6 +189,7 @@ class WorkRecord:
     queue: str
     run_at: float | None
     job: JobRecord
+    stuck: bool = False  # past its time limit and not interruptible (blocked outside Python)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -224,7 +225,8 @@ def _work_record(identity: str, thread: str, value: str) -> WorkRecord:
     # Sidekiq 7+ stores the job as a JSON string, Sidekiq 6 as an object.
     raw = job.encode() if isinstance(job, str) else json.dumps(job).encode()
     return WorkRecord(process=identity, thread=thread, queue=_str(entry.get("queue")) or "",
-                      run_at=_epoch(entry.get("run_at")), job=decode_record(raw))
+                      run_at=_epoch(entry.get("run_at")), job=decode_record(raw),
+                      stuck=entry.get("stuck") is True)
 
 
 def process_record(identity: str, state: dict[str, str], work: dict[str, str]) -> ProcessRecord:

@@ -84,7 +84,8 @@ KIQ = {
     "IMPORTS": [m for m in os.environ.get("KIQ_IMPORTS", "").split(",") if m],
 }
 # Tests shorten the worker's timings through the environment of the subprocess they start.
-for _key in ("PROCESS_TTL", "HEARTBEAT_INTERVAL", "POISON_LIMIT", "CONCURRENCY"):
+for _key in ("PROCESS_TTL", "HEARTBEAT_INTERVAL", "POISON_LIMIT", "CONCURRENCY",
+             "CHECKPOINT_INTERVAL", "DEFAULT_TIMEOUT"):
     _value = _env_float(f"KIQ_{_key}")
     if _value is not None:
         KIQ[_key] = int(_value) if _key in ("POISON_LIMIT", "CONCURRENCY") else _value

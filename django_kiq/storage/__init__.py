@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import threading
 
+from .control import Checkpoint, UniquePush
 from .keys import Keys
 from .store import TRANSIENT_ERRORS, Heartbeat, RedisError, Settle, Storage
 
 __all__ = ["Keys", "Storage", "Settle", "Heartbeat", "TRANSIENT_ERRORS", "RedisError",
+           "UniquePush", "Checkpoint",
            "get_default", "reset_default", "from_settings"]
 
 _lock = threading.Lock()

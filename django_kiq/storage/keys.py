@@ -105,3 +105,23 @@ class Keys:
     def task_result(self, result_id: str) -> str:
         """HASH: one django.tasks result (status, timestamps, attempts, errors), with a TTL."""
         return self._k(f"kiq:task:{result_id}")
+
+    # Execution control (docs/execution.md).
+
+    def unique(self, digest: str) -> str:
+        """STRING: the jid holding a unique job's lock, with a TTL (``@job(unique_for=...)``)."""
+        return self._k(f"kiq:unique:{digest}")
+
+    def cursor(self, jid: str) -> str:
+        """HASH: an iterable job's last checkpoint (cursor JSON, items done, saved at)."""
+        return self._k(f"kiq:cursor:{jid}")
+
+    @property
+    def cancellations(self) -> str:
+        """ZSET: "<jid> <who>" members scored by a sequence number: the recent cancellations."""
+        return self._k("kiq:cancelled")
+
+    @property
+    def cancellation_seq(self) -> str:
+        """STRING: the sequence number of the last cancellation."""
+        return self._k("kiq:cancelled:seq")

@@ -19,6 +19,7 @@ from pathlib import Path
 import redis
 
 from .keys import Keys
+from .control import ControlOps
 from .cron_state import PeriodicOps
 from .results import ResultOps
 from .sets import SetOps
@@ -51,6 +52,11 @@ class Settle:
     new: bytes = b""
     dest: str = ""  # queue name for q/l, set name (retry/schedule/dead) for z/d
     score: float = 0.0
+    # Cleanups done in the same step (execution control; all off by default):
+    unlock: str = ""  # the job's unique lock digest: released if ``jid`` still holds it
+    jid: str = ""  # the job's jid (the lock's holder, the checkpoint's owner)
+    drop_cursor: bool = False  # delete the job's iterable checkpoint
+    count: str = ""  # a counter to increment: "cancelled" or "expired"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,7 +82,7 @@ class Heartbeat:
     failed: int
 
 
-class Storage(SetOps, PeriodicOps, ResultOps):
+class Storage(SetOps, PeriodicOps, ResultOps, ControlOps):
     def __init__(self, client: redis.Redis, keys: Keys, *, dead_max_jobs: int = 10_000,
                  dead_timeout: float = 180 * 24 * 3600):
         self.client = client
@@ -94,6 +100,7 @@ class Storage(SetOps, PeriodicOps, ResultOps):
         self._register_set_scripts()
         self._register_periodic_scripts()
         self._register_result_scripts()
+        self._register_control_scripts()
 
     def dedicated(self) -> "Storage":
         """A Storage on one connection of its own, for a thread that sends a command at a time.
@@ -193,10 +200,15 @@ class Storage(SetOps, PeriodicOps, ResultOps):
         now = time.time() if now is None else now
         keys = [self.keys.wip(identity, lane), self.keys.process(identity), self.keys.queues]
         args: list = ["1" if guard else "0", self.dead_max_jobs, repr(now - self.dead_timeout)]
+        unused = keys[0]  # a key settle.lua never touches for this entry
         for e in entries:
-            keys.append(self._dest_key(e))
             extra = e.dest if e.kind in ("q", "l") else repr(e.score)
-            args.extend([e.kind, e.old, e.new, extra])
+            lock = self.keys.unique(e.unlock) if e.unlock else unused
+            cursor = self.keys.cursor(e.jid) if e.drop_cursor else unused
+            counter = self.keys.stat(e.count) if e.count else unused
+            keys.extend([self._dest_key(e), lock, cursor, counter])
+            cleanup = ("c" if e.drop_cursor else "") + ("n" if e.count else "")
+            args.extend([e.kind, e.old, e.new, extra, e.jid if e.unlock else "", cleanup])
         flags = self._settle(keys=keys, args=args)
         if flags and flags[0] == -1:
             return None

@@ -33,6 +33,7 @@ from ..stats import Counters, summarize
 from ..storage import TRANSIENT_ERRORS, Heartbeat, Storage
 from .fetcher import Fetcher, QueueOrder, recover_orphans
 from .loop import Backoff
+from .control import Control
 from .manager import Manager
 from .processor import Processor
 from .scheduler import Poller
@@ -67,10 +68,12 @@ class Launcher:
         self.started_at = time.time()
         self.counters = Counters()
         order = QueueOrder(queues, strict)
+        self.control = Control(store=store, on_change=lambda: self.manager.touch())
+        processor = Processor(settings=settings, counters=self.counters, control=self.control,
+                              stopping=lambda: self.manager.stopping())
         self.manager = Manager(
             store=store, fetcher=Fetcher(store.dedicated(), self.identity, order),
-            processor=Processor(settings=settings, counters=self.counters),
-            concurrency=concurrency, queues=[name for name, _ in queues],
+            processor=processor, concurrency=concurrency, queues=[name for name, _ in queues],
             poison_limit=settings.poison_limit)
         self.poller = Poller(store=store, identity=self.identity, settings=settings)
         # Factories get the launcher (identity, store) and return objects with start()/stop().
@@ -99,6 +102,7 @@ class Launcher:
                     __version__, self.identity, self.store.describe(),
                     ",".join(f"{n}:{w}" for n, w in self.queues), self.concurrency)
         self._register()
+        self.control.start()
         self.manager.start()
         self.poller.start()
         for component in self.extra:
@@ -157,6 +161,7 @@ class Launcher:
         watcher = threading.Thread(target=self._watch_hard_stop, daemon=True)
         watcher.start()
         left = self.manager.stop(deadline)
+        self.control.stop()
         for queue, raw, _, _ in left:
             logger.warning("job cut off by the shutdown, pushed back to the head of %s (or to "
                            "dead after POISON_LIMIT such cut-offs and deaths): %.200s", queue, raw)
@@ -267,13 +272,15 @@ class Launcher:
         self._work_written = changes
         return signals
 
-    @staticmethod
-    def _work(running: dict[str, tuple[str, bytes, float, int]]) -> dict[str, str]:
-        return {
-            thread: json.dumps({"queue": queue, "payload": raw.decode("utf-8", "replace"),
-                                "run_at": started})
-            for thread, (queue, raw, started, _) in running.items()
-        }
+    def _work(self, running: dict[str, tuple[str, bytes, float, int]]) -> dict[str, str]:
+        stuck = self.control.stuck()
+        work = {}
+        for thread, (queue, raw, started, _) in running.items():
+            entry = {"queue": queue, "payload": raw.decode("utf-8", "replace"), "run_at": started}
+            if thread in stuck:  # past its time limit, blocked where it cannot be interrupted
+                entry["stuck"] = True
+            work[thread] = json.dumps(entry)
+        return work
 
     def _rtt(self) -> int:
         try:

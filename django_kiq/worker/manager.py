@@ -60,6 +60,7 @@ class Manager:
         self._wake = threading.Event()
         self._idle = threading.Event()
         self._quiet = threading.Event()
+        self._stopping = threading.Event()  # stop() began: iterable jobs checkpoint and yield
         self._stop = threading.Event()
         self._hard = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -78,6 +79,15 @@ class Manager:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
         thread.start()
         return thread
+
+    def stopping(self) -> bool:
+        """True once stop() began (the processor asks between an iterable job's items)."""
+        return self._stopping.is_set()
+
+    def touch(self) -> None:
+        """The Busy data changed without a job starting or ending (a job became stuck)."""
+        with self._cond:
+            self._changes += 1
 
     @property
     def quiet_flag(self) -> bool:
@@ -104,6 +114,7 @@ class Manager:
 
         Returns the jobs that were still running and were pushed back.
         """
+        self._stopping.set()
         self.quiet()
         with self._drained:
             while self._running and time.monotonic() < deadline and not self._hard.is_set():
@@ -190,7 +201,7 @@ class Manager:
 
     def _finish(self, name: str, queue: str, outcome: Outcome, elapsed: float) -> None:
         try:
-            if outcome.kind != "done":
+            if outcome.needs_settle:
                 # Until this succeeds the job stays in the in-progress list (and in _running, so
                 # a reconcile never adopts it); if Redis never comes back, orphan recovery
                 # reruns it.
@@ -199,7 +210,7 @@ class Manager:
         except Exception:  # noqa: BLE001 - the thread lives on; the job stays in progress
             logger.exception("could not write a job's outcome; it stays in progress")
         with self._cond:
-            if outcome.kind == "done":
+            if not outcome.needs_settle:
                 self._acks.append(outcome.raw)
             self._running.pop(name, None)
             self._changes += 1
@@ -215,12 +226,18 @@ class Manager:
 
     @staticmethod
     def _settle_entry(outcome: Outcome) -> Settle:
+        ended = {"unlock": outcome.unlock, "jid": outcome.jid,
+                 "drop_cursor": outcome.drop_cursor}
         if outcome.kind == "retry":
             return Settle(kind="z", old=outcome.raw, new=outcome.new, dest="retry",
                           score=outcome.at)
         if outcome.kind == "dead":
-            return Settle(kind="d", old=outcome.raw, new=outcome.new, score=outcome.at)
-        return Settle(kind="x", old=outcome.raw)
+            return Settle(kind="d", old=outcome.raw, new=outcome.new, score=outcome.at, **ended)
+        if outcome.kind == "requeue":  # an iterable job paused at a checkpoint: resumes first
+            return Settle(kind="q", old=outcome.raw, new=outcome.raw, dest=outcome.queue)
+        if outcome.kind in ("cancelled", "expired"):
+            return Settle(kind="x", old=outcome.raw, count=outcome.count, **ended)
+        return Settle(kind="x", old=outcome.raw, **ended)  # done or discard
 
     def _settle_retrying(self, entries: list[Settle], deadline: float | None,
                          fallback: Callable[[Exception], list[Settle]] | None = None) -> bool:

@@ -17,7 +17,9 @@ lives on.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,12 +28,14 @@ from typing import Any
 from django.db import close_old_connections
 from django.utils.module_loading import import_string
 
-from .. import payload, registry, retry
+from .. import payload, registry, retry, unique
 from ..conf import KiqSettings
-from ..exceptions import MalformedPayload, UnknownJob
+from ..exceptions import JobTimeout, MalformedPayload, UnknownJob
+from ..execution import CurrentJob
 from ..middleware import build_chain
 from ..stats import Counters
 from . import database
+from .control import Control
 
 logger = logging.getLogger("django_kiq.job")
 
@@ -47,6 +51,7 @@ class JobContext:
     thread: str
     started: float = field(default_factory=time.monotonic)
     decision: retry.Decision | None = None
+    current: CurrentJob | None = None  # what current_job() returns inside the job
 
     @property
     def jid(self) -> str:
@@ -64,21 +69,39 @@ class JobContext:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Outcome:
-    """What to do with the job's in-progress entry: "done", "retry", "dead" or "discard"."""
+    """What to do with the job's in-progress entry.
+
+    ``kind``: "done", "retry", "dead", "discard", "requeue" (back to the head of its queue:
+    an iterable job that checkpointed at a shutdown), "cancelled" or "expired" (both dropped).
+    The cleanup fields say what ends with the job in the same settle step: its unique lock
+    (``unlock``, held by ``jid``), its iterable checkpoint, a counter. A "done" outcome with a
+    cleanup is settled at once instead of joining the batched acknowledgements.
+    """
 
     kind: str
     raw: bytes
     new: bytes = b""
     queue: str = ""
     at: float = 0.0
+    unlock: str = ""
+    jid: str = ""
+    drop_cursor: bool = False
+    count: str = ""
+
+    @property
+    def needs_settle(self) -> bool:
+        return self.kind != "done" or bool(self.unlock or self.drop_cursor)
 
 
 class Processor:
     def __init__(self, *, settings: KiqSettings, counters: Counters,
-                 now: Callable[[], float] = time.time):
+                 now: Callable[[], float] = time.time, control: Control | None = None,
+                 stopping: Callable[[], bool] = lambda: False):
         self.settings = settings
         self.counters = counters
         self.now = now
+        self.control = control  # None outside a worker (test modes): no watchdog, no Redis
+        self.stopping = stopping  # True once the worker is stopping (iterable jobs yield)
         self.error_handlers = [import_string(p) for p in settings.error_handlers]
         self.death_handlers = [import_string(p) for p in settings.death_handlers]
         self.chain = build_chain(settings.server_middleware, self._call,
@@ -102,18 +125,73 @@ class Processor:
             return self._malformed(queue, raw, str(exc))
         ctx = JobContext(raw=raw, queue=queue, job=job, thread=thread,
                          definition=registry.get(job["class"]))
+        skipped = self._skip(ctx)
+        if skipped is not None:
+            return skipped
+        ctx.current = self._current(ctx)
         _close_old_connections()
         depths = database.atomic_depths()
         try:
             self.chain(ctx)
         except BaseException as exc:  # noqa: BLE001 - SystemExit too: a failure like any
+            if ctx.current.cancelled:
+                return self._ended(ctx, "cancelled")
+            if isinstance(exc, _Checkpointed):
+                return Outcome(kind="requeue", raw=raw, queue=queue)
             if ctx.decision is None:  # raised outside the retry middleware's reach
                 ctx.decision = self._decide(ctx, exc)
             return self._outcome(ctx)
         finally:
             database.end_open_transactions(depths, jid=ctx.jid, name=ctx.display_name)
             _close_old_connections()
-        return Outcome(kind="done", raw=raw)
+        if ctx.current.cancelled:  # it caught JobCancelled, cleaned up and returned
+            return self._ended(ctx, "cancelled")
+        return self._done(ctx)
+
+    # -- execution control (docs/execution.md) -------------------------------------------------
+
+    def _skip(self, ctx: JobContext) -> Outcome | None:
+        """Cancelled or expired before it started: dropped, counted, its lock released."""
+        if self.control is not None and self.control.is_cancelled(ctx.jid):
+            logger.info("cancelled jid=%s job=%s: dropped before it started", ctx.jid,
+                        ctx.display_name)
+            return self._ended(ctx, "cancelled")
+        expires_at = ctx.job.get("kiq_expires_at")
+        if (isinstance(expires_at, (int, float)) and not isinstance(expires_at, bool)
+                and self.now() > expires_at):
+            logger.info("expired jid=%s job=%s: not started within its expiry (%.1fs late)",
+                        ctx.jid, ctx.display_name, self.now() - expires_at)
+            return self._ended(ctx, "expired")
+        if ctx.job.get("kiq_unique_until") == "start" and self.control is not None:
+            lock = unique.lock_of(ctx.job)
+            if lock:
+                self.control.release_lock(lock, ctx.jid)
+        return None
+
+    def _current(self, ctx: JobContext) -> CurrentJob:
+        timeout = ctx.job.get("kiq_timeout", self.settings.default_timeout)
+        if not (isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
+                and 0 < timeout < float("inf")):
+            timeout = self.settings.default_timeout  # read from Redis: junk means the default
+        now = self.now()
+        count = ctx.job.get("retry_count")
+        attempt = count + 2 if isinstance(count, int) and not isinstance(count, bool) else 1
+        enqueued = ctx.job.get("enqueued_at")
+        return CurrentJob(
+            jid=ctx.jid, name=ctx.display_name, queue=ctx.queue, attempt=attempt,
+            enqueued_at=enqueued if isinstance(enqueued, (int, float)) else None,
+            deadline=None if timeout is None else now + timeout,
+            fence=self.control.fence() if self.control is not None else None)
+
+    def _ended(self, ctx: JobContext, kind: str) -> Outcome:
+        """Cancelled or expired: dropped, counted in stat:<kind>, lock and checkpoint ended."""
+        return Outcome(kind=kind, raw=ctx.raw, unlock=unique.lock_of(ctx.job), jid=ctx.jid,
+                       drop_cursor=bool(ctx.job.get("kiq_iterable")), count=kind)
+
+    def _done(self, ctx: JobContext) -> Outcome:
+        lock = "" if ctx.job.get("kiq_unique_until") == "start" else unique.lock_of(ctx.job)
+        return Outcome(kind="done", raw=ctx.raw, unlock=lock, jid=ctx.jid,
+                       drop_cursor=bool(ctx.job.get("kiq_iterable")))
 
     def last_resort(self, queue: str, raw: bytes, exc: BaseException) -> Outcome:
         """Dead, with the reason: for a job whose failure could not be handled the normal way.
@@ -147,23 +225,75 @@ class Processor:
 
     def _outcome(self, ctx: JobContext) -> Outcome:
         d = ctx.decision
-        if d.kind == "retry":
+        if d.kind == "retry":  # keeps its unique lock and its checkpoint for the next attempt
             return Outcome(kind="retry", raw=ctx.raw, new=payload.encode(d.job), at=d.at)
+        ended = {"unlock": unique.lock_of(ctx.job), "jid": ctx.jid,
+                 "drop_cursor": bool(ctx.job.get("kiq_iterable"))}
         if d.kind == "dead":
-            return Outcome(kind="dead", raw=ctx.raw, new=payload.encode(d.job), at=self.now())
-        return Outcome(kind="discard", raw=ctx.raw)
+            return Outcome(kind="dead", raw=ctx.raw, new=payload.encode(d.job), at=self.now(),
+                           **ended)
+        return Outcome(kind="discard", raw=ctx.raw, **ended)
 
     # -- the innermost call --------------------------------------------------------------------
 
     def _call(self, ctx: JobContext) -> Any:
         if ctx.definition is None:
             raise UnknownJob(unknown_job_message(ctx.name))
+        current = ctx.current
+        if current is None:  # test modes call the chain without the worker's context
+            return self._invoke(ctx)
+        current.begin()
+        if self.control is not None:
+            self.control.track(ctx.thread, current)
+        try:
+            return self._invoke(ctx)
+        finally:
+            current.finish()
+            if self.control is not None:
+                self.control.untrack(ctx.thread)
+
+    def _invoke(self, ctx: JobContext) -> Any:
         func = ctx.definition.func
         kwargs = ctx.job.get("kwargs") or {}
+        if ctx.definition.options.iterable and self.control is not None:
+            return self._iterate(ctx, func, kwargs)
+        if ctx.definition.options.iterable:  # test modes: run it through, no checkpoints
+            for _ in func(*ctx.job["args"], **kwargs):
+                pass
+            return None
         result = func(*ctx.job["args"], **kwargs)
         if ctx.definition.is_async:
             result = asyncio.run(result)
         return result
+
+    def _iterate(self, ctx: JobContext, func: Callable, kwargs: dict[str, Any]) -> None:
+        """Run an iterable job from its last checkpoint, saving its cursor as it goes.
+
+        The cursor is saved at most every CHECKPOINT_INTERVAL seconds, and when the worker
+        stops: the job then ends at an item boundary and is requeued, to resume from there.
+        """
+        saved = self.control.load_checkpoint(ctx.jid)
+        cursor = json.loads(saved.cursor) if saved is not None else None
+        done = saved.done if saved is not None else 0
+        current = ctx.current
+        current.extras.update(cursor=cursor, done=done)
+        interval = self.settings.checkpoint_interval
+        last_save = time.monotonic()
+        items = func(*ctx.job["args"], **{**kwargs, "cursor": cursor})
+        try:
+            for cursor in items:
+                done += 1
+                current.extras.update(cursor=cursor, done=done)
+                current.check()  # a safe point: cancelled or past the deadline stops here
+                if self.stopping():
+                    self.control.save_checkpoint(ctx.jid, cursor, done)
+                    raise _Checkpointed()
+                if time.monotonic() - last_save >= interval:
+                    self.control.save_checkpoint(ctx.jid, cursor, done)
+                    last_save = time.monotonic()
+        finally:
+            items.close()
+        return None
 
     # -- built-in middleware -------------------------------------------------------------------
 
@@ -175,6 +305,12 @@ class Processor:
             try:
                 result = call_next(ctx)
             except BaseException as exc:  # noqa: BLE001 - logged, then re-raised
+                if ctx.current is not None and ctx.current.cancelled:
+                    logger.info("cancelled jid=%s job=%s elapsed=%.3fs%s", ctx.jid,
+                                ctx.display_name, time.monotonic() - ctx.started,
+                                f" by {ctx.current.cancelled_by}"
+                                if ctx.current.cancelled_by else "")
+                    raise
                 logger.warning("fail jid=%s job=%s elapsed=%.3fs error=%s: %s", ctx.jid,
                                ctx.display_name, time.monotonic() - ctx.started,
                                type(exc).__name__, exc)
@@ -193,6 +329,9 @@ class Processor:
                 failed = False
                 return result
             finally:
+                if ctx.current is not None and (ctx.current.cancelled or failed and isinstance(
+                        sys.exc_info()[1], _Checkpointed)):
+                    failed = False  # cancelled, or paused at a checkpoint: not a failure
                 self.counters.record(ctx.display_name, time.monotonic() - ctx.started, failed)
         return stats
 
@@ -201,6 +340,11 @@ class Processor:
             try:
                 return call_next(ctx)
             except BaseException as exc:  # noqa: BLE001 - SystemExit is a job's failure too
+                current = ctx.current
+                if isinstance(exc, _Checkpointed) or (current is not None and current.cancelled):
+                    raise  # not a failure: no retry decision, no handlers
+                if isinstance(exc, JobTimeout) and current is not None and not exc.args[1:]:
+                    exc.args = (current.timeout_message(),)
                 ctx.decision = self._decide(ctx, exc)
                 raise
         return retry_mw
@@ -222,6 +366,13 @@ class Processor:
                 handler(*args)
             except BaseException:  # noqa: BLE001 - a handler's exit must not skip the outcome
                 logger.exception("error/death handler %r raised; ignored", handler)
+
+
+class _Checkpointed(BaseException):
+    """An iterable job saved its cursor at a shutdown and stopped; it is requeued, not failed.
+
+    A BaseException so that a job's ``except Exception`` around its loop cannot swallow it.
+    """
 
 
 def unknown_job_message(name: str) -> str:

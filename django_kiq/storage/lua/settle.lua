@@ -3,15 +3,21 @@
 -- KEYS[1]      the in-progress list (kiq:wip:<identity>)
 -- KEYS[2]      guard key: the owner's heartbeat hash (<identity>); checked only if ARGV[1] == "1"
 -- KEYS[3]      the `queues` set
--- KEYS[4..]    one destination key per entry (a queue list, or the retry/dead/schedule set)
+-- KEYS[4..]    4 keys per entry: destination (a queue list, or the retry/dead/schedule set),
+--              the job's unique lock (kiq:unique:<digest>), its checkpoint (kiq:cursor:<jid>)
+--              and a counter (stat:cancelled / stat:expired); unused ones repeat KEYS[1]
 -- ARGV[1]      "1": do nothing and return {-1} if the guard key exists (the owner is alive)
 -- ARGV[2]      dead set cap (DEAD_MAX_JOBS); ARGV[3] dead set cutoff score (now - DEAD_TIMEOUT)
--- ARGV[4..]    4 values per entry: kind, old payload, new payload, score or queue name
+-- ARGV[4..]    6 values per entry: kind, old payload, new payload, score or queue name,
+--              the jid whose unique lock to release ("" keeps it), and cleanup flags:
+--              "c" deletes the checkpoint, "n" increments the counter
 --   kind "x" = discard, "q" = RPUSH to the head of queue, "l" = LPUSH to the tail of queue,
 --   "z" = ZADD with score, "d" = ZADD to dead with score, then trim dead to the cap and cutoff.
 --
 -- An entry acts only if its old payload was still in the in-progress list (LREM returned 1), so
--- two processes settling the same orphan, or a retried call, never move a job twice.
+-- two processes settling the same orphan, or a retried call, never move a job twice. The
+-- cleanups happen in the same step as the move: a job's outcome, the release of its unique lock
+-- and the end of its checkpoint are one change, whatever crashes when.
 -- Returns one 0/1 flag per entry, or {-1} when the guard stopped it.
 
 if ARGV[1] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then
@@ -20,11 +26,13 @@ end
 
 local wip = KEYS[1]
 local flags = {}
-local n = (#ARGV - 3) / 4
+local n = (#ARGV - 3) / 6
 for i = 1, n do
-  local base = 3 + (i - 1) * 4
+  local base = 3 + (i - 1) * 6
   local kind, old, new, extra = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
-  local dest = KEYS[3 + i]
+  local lock_jid, cleanup = ARGV[base + 5], ARGV[base + 6]
+  local k = 3 + (i - 1) * 4
+  local dest, lock, cursor, counter = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
   local removed = redis.call('LREM', wip, -1, old)
   flags[i] = removed
   if removed == 1 then
@@ -40,6 +48,16 @@ for i = 1, n do
       redis.call('ZADD', dest, extra, new)
       redis.call('ZREMRANGEBYSCORE', dest, '-inf', '(' .. ARGV[3])
       redis.call('ZREMRANGEBYRANK', dest, 0, -(tonumber(ARGV[2]) + 1))
+    end
+    -- A lock is released only by the job that holds it: a newer job may own it by now.
+    if lock_jid ~= '' and redis.call('GET', lock) == lock_jid then
+      redis.call('DEL', lock)
+    end
+    if string.find(cleanup, 'c', 1, true) then
+      redis.call('DEL', cursor)
+    end
+    if string.find(cleanup, 'n', 1, true) then
+      redis.call('INCR', counter)
     end
   end
 end

@@ -1,0 +1,69 @@
+"""Cancelling a job wherever it is: ``django_kiq.api.cancel(jid)``.
+
+Runs in the caller's thread (a view, a shell, the admin). The cancellation is recorded first
+(``cancel.lua``), so whatever happens next the job never starts: a worker that fetches it, or
+recovers it from a dead process, drops it, and a worker running it has :class:`JobCancelled`
+raised in it by its watchdog within a second. Then the job is looked for where it may be, in
+the order that costs least: in progress (the processes' in-progress lists), the schedule and
+retry sets, the queues;
+a waiting job is removed, counted in ``stat:cancelled`` and its unique lock released in one
+atomic step. Reads are paged: a million waiting jobs never load into memory.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from . import storage, unique
+from .records import JobRecord, decode_record, jid_needle
+
+logger = logging.getLogger("django_kiq.api")
+
+
+def cancel(jid: str, *, by: str | None = None,
+           store: storage.Storage | None = None) -> str | None:
+    """Cancel job ``jid``; returns where it was: "queue", "scheduled", "retry", "running", or
+    None if it was not found (it finished, or it is between two places: it still never runs).
+
+    ``by`` names who cancelled it (the admin passes the user), for the worker's log line.
+    """
+    from .api import Queue, RetrySet, ScheduledSet  # the API's readers; api re-exports us
+
+    if not isinstance(jid, str) or not jid:
+        raise ValueError(f"cancel() needs a jid, not {jid!r}")
+    store = store or storage.get_default()
+    who = by or ""
+    store.record_cancellation(jid, by=who)
+    if _running(store, jid):
+        logger.info("cancel jid=%s: running; its worker raises JobCancelled in it%s", jid,
+                    f" (by {who})" if who else "")
+        return "running"
+    for job_set, where in ((ScheduledSet(store=store), "scheduled"),
+                           (RetrySet(store=store), "retry")):
+        record = job_set.find(jid)
+        if record is not None and _remove(store, record, "zset", job_set.name, who):
+            return where
+    for queue in Queue.all(store=store):
+        record = queue.find(jid)
+        if record is not None and _remove(store, record, "list", queue.name, who):
+            return "queue"
+    return None
+
+
+def _running(store: storage.Storage, jid: str) -> bool:
+    """In some process's in-progress list: running, about to run, or held by a dead process
+    (its recovery then drops it). Read there, not in the Busy data, which lags up to a second."""
+    needle = jid_needle(jid)
+    return any((needle is None or needle in raw) and decode_record(raw).jid == jid
+               for raw in store.in_progress())
+
+
+def _remove(store: storage.Storage, record: JobRecord, where: str, container: str,
+            who: str) -> bool:
+    removed = store.record_cancellation(record.jid, by=who, where=where, member=record.raw,
+                                        container=container, digest=unique.lock_of(record.fields),
+                                        record=False)
+    if removed:
+        logger.info("cancel jid=%s job=%s: removed from %s%s", record.jid, record.display_name,
+                    container, f" (by {who})" if who else "")
+    return removed
