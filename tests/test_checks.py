@@ -35,6 +35,8 @@ def test_valid_settings_pass():
     ({"TESTING": "yes"}, "django_kiq.E010"),
     ({"PERIODIC": [{"job": "tests.jobs.record", "cron": "whenever"}]}, "django_kiq.E013"),
     ({"PERIODIC": {"job": "x"}}, "django_kiq.E012"),
+    ({"DEFAULT_TIMEOUT": 0}, "django_kiq.E019"),
+    ({"DEFAULT_TIMEOUT": "30"}, "django_kiq.E019"),
     ({"PERIODIC": [{"cron": "* * * * *"}]}, "django_kiq.E017"),
     ({"REDIS_SENTINELS": [("127.0.0.1", 26379)]}, "django_kiq.E015"),
     ({"REDIS_SENTINELS": [("127.0.0.1", 26379)], "REDIS_SENTINEL_MASTER": "m",
