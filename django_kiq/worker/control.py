@@ -46,7 +46,6 @@ class Control:
     def __init__(self, *, store: Storage, on_change: Callable[[], None] = lambda: None):
         self.store = store
         self.on_change = on_change  # the Busy data changed (a job became stuck)
-        self._lock = threading.Lock()
         self._running: dict[str, CurrentJob] = {}  # processor thread name -> its job
         self._cancelled: set[str] = set()
         self._cancelled_order: collections.deque[str] = collections.deque()
@@ -80,22 +79,20 @@ class Control:
         return fence
 
     def track(self, thread: str, job: CurrentJob) -> None:
-        with self._lock:
-            self._running[thread] = job
+        # One dict store (atomic under the GIL, as the pop below): the watchdog reads a copy.
+        self._running[thread] = job
         if job.jid in self._cancelled:  # cancelled between the processor's check and now
             job.cancel()
 
     def untrack(self, thread: str) -> None:
-        with self._lock:
-            self._running.pop(thread, None)
+        self._running.pop(thread, None)
 
     def is_cancelled(self, jid: str) -> bool:
         return jid in self._cancelled
 
     def stuck(self) -> set[str]:
         """Processor threads whose job is stuck past its deadline (for the Busy page)."""
-        with self._lock:
-            return {name for name, job in self._running.items() if job.stuck}
+        return {name for name, job in self._running.copy().items() if job.stuck}
 
     def release_lock(self, digest: str, jid: str) -> None:
         """Release a unique lock when its job starts (``unique_until="start"``)."""
@@ -129,9 +126,8 @@ class Control:
                 next_poll = time.monotonic() + POLL
 
     def _enforce_deadlines(self, now: float) -> None:
-        with self._lock:
-            late = [(name, job) for name, job in self._running.items()
-                    if job.deadline is not None and now >= job.deadline]
+        late = [(name, job) for name, job in self._running.copy().items()
+                if job.deadline is not None and now >= job.deadline]
         for name, job in late:
             if job.interrupt(JobTimeout):
                 logger.warning("timeout jid=%s job=%s: %s; JobTimeout raised in %s", job.jid,
@@ -158,8 +154,7 @@ class Control:
     def _apply(self, rows: list[tuple[str, str]]) -> None:
         for jid, by in rows:
             self._remember(jid)
-            with self._lock:
-                running = [job for job in self._running.values() if job.jid == jid]
+            running = [job for job in self._running.copy().values() if job.jid == jid]
             for job in running:
                 if job.cancel(by=by or None):
                     logger.info("cancel jid=%s job=%s%s: JobCancelled raised", job.jid,
