@@ -18,14 +18,19 @@ from typing import ClassVar
 
 from . import payload, storage
 from .cancellation import cancel
+from .controls import (Checkpoint, UniqueLock, checkpoint, expires_at_of, lock_pair,
+                       lock_pair_of, timeout_of, unique_lock)
+from .batches import BatchStatus as Batch  # noqa: F401 - api.Batch(bid): a batch's status
 from .exceptions import MalformedPayload
+from .limits import LimitRecord, records as limits, reset as reset_limit
 from .records import (DEFAULT_QUEUE, JobMetrics, JobRecord, ProcessRecord, QueueState,
                       SearchPage, WorkRecord, decode_record, jid_needle, job_metrics,
                       member_digest, parse_key, parse_queue_key, process_record, queue_key)
 
-__all__ = ["cancel", "Stats", "Queue", "JobSet", "ScheduledSet", "RetrySet", "DeadSet", "ProcessSet",
-           "Metrics", "JobRecord", "SearchPage", "ProcessRecord", "WorkRecord", "JobMetrics",
-           "QueueState", "decode_record"]
+__all__ = ["cancel", "unique_lock", "checkpoint", "timeout_of", "expires_at_of", "UniqueLock",
+           "Checkpoint", "Stats", "Queue", "JobSet", "ScheduledSet", "RetrySet", "DeadSet",
+           "ProcessSet", "Metrics", "JobRecord", "SearchPage", "ProcessRecord", "WorkRecord",
+           "JobMetrics", "QueueState", "decode_record", "limits", "reset_limit", "LimitRecord"]
 
 PAGE = 25
 SCAN_PAGE = 1000  # members per LRANGE / ZSCAN step while searching
@@ -87,6 +92,8 @@ class Stats:
             days=days)
         self.processed: int = snap["processed"]
         self.failed: int = snap["failed"]
+        self.cancelled: int = snap["cancelled"]  # stat:cancelled: jobs cancelled (api.cancel)
+        self.expired: int = snap["expired"]  # stat:expired: jobs dropped by their expires_in
         self.enqueued: int = snap["enqueued"]
         self.busy: int = snap["busy"]
         self.scheduled_size: int = snap["scheduled_size"]
@@ -196,14 +203,16 @@ class Queue:
 
     def delete(self, jid_or_record: str | JobRecord) -> bool:
         """Remove one member with exactly the record's bytes (a jid: the first job :meth:`find`
-        finds). True if it was still there."""
+        finds). True if it was still there. A unique job's lock goes with it."""
         record = (jid_or_record if isinstance(jid_or_record, JobRecord)
                   else self.find(jid_or_record))
-        return record is not None and self._store.queue_remove(self.name, record.raw) > 0
+        return record is not None and self._store.queue_remove(
+            self.name, record.raw, lock_pair(record)) > 0
 
     def clear(self) -> int:
-        """Delete every job and forget the queue; returns how many jobs it held."""
-        return self._store.queue_clear(self.name)
+        """Delete every job and forget the queue; returns how many jobs it held. The locks
+        its unique jobs held are released."""
+        return self._store.queue_clear(self.name, lock_pair_of)
 
     @property
     def paused(self) -> bool:
@@ -333,13 +342,19 @@ class JobSet:
         return self.retry_now(items, now)
 
     def delete(self, items: Iterable[str | JobRecord]) -> int:
-        return self._store.set_remove(self.name, [r.raw for r in self._resolve(items)])
+        """Remove entries; a unique job's lock goes with it (if it still holds it)."""
+        records = self._resolve(items)
+        return self._store.set_remove(self.name, [r.raw for r in records],
+                                      [lock_pair(r) for r in records])
 
     def kill(self, items: Iterable[str | JobRecord], now: float | None = None) -> int:
-        """Move entries, byte for byte, to the dead set (score = now), which is then trimmed."""
+        """Move entries, byte for byte, to the dead set (score = now), which is then trimmed.
+        A dead job holds no unique lock: each is released in the same step."""
         self._check_kill()
         now = time.time() if now is None else now
-        return self._store.set_kill(self.name, [r.raw for r in self._resolve(items)], now)
+        records = self._resolve(items)
+        return self._store.set_kill(self.name, [r.raw for r in records], now,
+                                    [lock_pair(r) for r in records])
 
     def _check_kill(self) -> None:
         if not self.can_kill:
@@ -370,12 +385,17 @@ class JobSet:
         return self.retry_all(now)
 
     def delete_all(self) -> int:
-        return self._store.set_clear(self.name)
+        """Delete every entry; the locks its unique jobs held are released."""
+        return self._store.set_clear(self.name, lock_pair_of)
 
     def kill_all(self, now: float | None = None) -> int:
-        """Move every entry (malformed ones too), byte for byte, to the dead set."""
+        """Move every entry (malformed ones too), byte for byte, to the dead set. Unique jobs
+        go first, found by Redis (ZSCAN MATCH), each with its lock released in the same step;
+        the rest move server-side. A unique job added meanwhile keeps its lock until its TTL."""
         self._check_kill()
-        moved, budget = 0, self.size()
+        moved = self._store.set_kill_unique(self.name, time.time() if now is None else now,
+                                            lock_pair_of)
+        budget = self.size()
         while budget > 0:
             count = self._store.set_kill_batch(self.name, time.time() if now is None else now,
                                                BATCH)

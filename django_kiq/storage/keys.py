@@ -121,6 +121,11 @@ class Keys:
         """ZSET: "<jid> <who>" members scored by a sequence number: the recent cancellations."""
         return self._k("kiq:cancelled")
 
+    def trash(self, token: str) -> str:
+        """LIST or ZSET: a cleared queue or job set renamed aside while its unique jobs'
+        locks are released (with a TTL; see set_clear.lua)."""
+        return self._k(f"kiq:trash:{token}")
+
     @property
     def cancellation_seq(self) -> str:
         """STRING: the sequence number of the last cancellation."""

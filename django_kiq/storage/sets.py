@@ -6,12 +6,15 @@ A mixin of :class:`~django_kiq.storage.store.Storage`: methods use ``self.client
 read is bounded: lists and sets are paged by index or scanned in pages, never loaded whole.
 Members travel as the exact bytes Redis holds, so a delete or move always names the member that
 is there; moves are Lua scripts (``lua/set_*.lua``) that act only when the member was removed.
+A unique job's lock (issue 11) is released in the same script that deletes or kills its member;
+whole queues and sets are renamed aside first, then read in pages for unique jobs.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import secrets
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -22,6 +25,12 @@ if TYPE_CHECKING:
 SIGNAL_TTL = 60  # a signal nobody picks up (the process is gone) does not linger
 # Snapshot attempts while queue/process names keep changing under it; the last read is used.
 SNAPSHOT_TRIES = 3
+TRASH_TTL = 3600  # an aside copy outlives a caller that died before dropping it, not longer
+UNIQUE_NEEDLE = b'"kiq_unique"'  # the field a unique job's hash carries (its lock's digest)
+UNIQUE_PAGE = 5000  # members per set_unique_scan.lua call
+
+#: (digest, jid) of the unique lock a member holds, or None: the API decodes members, not us.
+LockOf = Callable[[bytes], "tuple[str, str] | None"]
 
 
 def _text(value: bytes | str) -> str:
@@ -45,12 +54,16 @@ class SetOps:
     keys: Keys
     dead_max_jobs: int
     dead_timeout: float
+    release_unique: Callable[[Sequence[tuple[str, str]]], None]  # ControlOps
 
     def _register_set_scripts(self) -> None:
         """Called by ``Storage.__init__``: register this mixin's Lua scripts."""
         self._set_move = self._script("set_move")
         self._set_kill = self._script("set_kill")
         self._set_kill_batch = self._script("set_kill_batch")
+        self._set_remove = self._script("set_remove")
+        self._set_clear = self._script("set_clear")
+        self._set_unique_scan = self._script("set_unique_scan")
         self._set_requeue_batch = self._script("set_requeue_batch")
 
     # -- queues --------------------------------------------------------------------------------
@@ -74,17 +87,15 @@ class SetOps:
     def queue_oldest(self, name: str) -> bytes | None:
         return self.client.lindex(self.keys.queue(name), -1)
 
-    def queue_remove(self, name: str, raw: bytes) -> int:
-        return self.client.lrem(self.keys.queue(name), 1, raw)
+    def queue_remove(self, name: str, raw: bytes, lock: tuple[str, str] | None = None) -> int:
+        """Remove one member; ``lock`` (digest, jid) is released with it if that jid holds it."""
+        return self._remove("list", self.keys.queue(name), [raw], [lock])
 
-    def queue_clear(self, name: str) -> int:
-        """Drop a queue and its registration; returns how many jobs it held."""
+    def queue_clear(self, name: str, lock_of: LockOf | None = None) -> int:
+        """Drop a queue and its registration; returns how many jobs it held. With ``lock_of``,
+        the locks of the unique jobs it held are released (see :meth:`_clear`)."""
         self.forget_registration(name)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.llen(self.keys.queue(name))
-        pipe.unlink(self.keys.queue(name))
-        pipe.srem(self.keys.queues, name)
-        return pipe.execute()[0]
+        return self._clear("list", self.keys.queue(name), name, lock_of)
 
     def pause_queue(self, name: str) -> None:
         self.client.sadd(self.keys.paused_queues, name)
@@ -120,10 +131,28 @@ class SetOps:
         """One ZSCAN step; ``match`` is a Redis glob pattern, already escaped by the caller."""
         return self.client.zscan(self.keys.sorted_set(set_name), cursor, match=match, count=count)
 
-    def set_remove(self, set_name: str, raws: Sequence[bytes]) -> int:
+    def set_remove(self, set_name: str, raws: Sequence[bytes],
+                   locks: Sequence[tuple[str, str] | None] = ()) -> int:
+        """Remove members; ``locks[i]`` (digest, jid) is released with ``raws[i]`` if held."""
+        return self._remove("zset", self.keys.sorted_set(set_name), raws, locks)
+
+    def _remove(self, kind: str, key: str, raws: Sequence[bytes],
+                locks: Sequence[tuple[str, str] | None]) -> int:
         if not raws:
             return 0
-        return self.client.zrem(self.keys.sorted_set(set_name), *raws)
+        lock_keys, args = self._lock_args(key, raws, locks)
+        return int(self._set_remove(keys=[key, *lock_keys], args=[kind, *args]))
+
+    def _lock_args(self, unused: str, raws: Sequence[bytes],
+                   locks: Sequence[tuple[str, str] | None]) -> tuple[list[str], list]:
+        """One lock key per member (``unused`` for none) and (member, jid) argument pairs."""
+        keys: list[str] = []
+        args: list = []
+        for i, raw in enumerate(raws):
+            digest, jid = (locks[i] if i < len(locks) else None) or ("", "")
+            keys.append(self.keys.unique(digest) if digest and jid else unused)
+            args.extend([raw, jid if digest else ""])
+        return keys, args
 
     def set_to_queues(self, set_name: str,
                       moves: Sequence[tuple[bytes, bytes, str]]) -> list[int]:
@@ -150,12 +179,27 @@ class SetOps:
             keys=keys, args=[repr(now), offset, count, *queues])
         return int(moved), int(skipped), None if unknown is None else _text(unknown)
 
-    def set_kill(self, set_name: str, raws: Sequence[bytes], now: float) -> int:
-        """Move members, unchanged, to the dead set (score ``now``) and trim it."""
+    def set_kill(self, set_name: str, raws: Sequence[bytes], now: float,
+                 locks: Sequence[tuple[str, str] | None] = ()) -> int:
+        """Move members, unchanged, to the dead set (score ``now``) and trim it; ``locks[i]``
+        (digest, jid) is released with ``raws[i]`` if held (a dead job holds no lock)."""
         if not raws:
             return 0
-        return self._set_kill(keys=[self.keys.sorted_set(set_name), self.keys.dead],
-                              args=[*self._dead_trim_args(now), *raws])
+        key = self.keys.sorted_set(set_name)
+        lock_keys, args = self._lock_args(key, raws, locks)
+        return self._set_kill(keys=[key, self.keys.dead, *lock_keys],
+                              args=[*self._dead_trim_args(now), *args])
+
+    def set_kill_unique(self, set_name: str, now: float, lock_of: LockOf) -> int:
+        """Kill the members carrying a unique lock (found by Redis: ZSCAN MATCH), each with its
+        lock released in the same step; the start of a kill-all. Returns how many moved."""
+        moved, cursor = 0, 0
+        while True:
+            cursor, rows = self.set_scan(set_name, cursor, f"*{UNIQUE_NEEDLE.decode()}*", 1000)
+            raws = [raw for raw, _ in rows]
+            moved += self.set_kill(set_name, raws, now, [lock_of(raw) for raw in raws])
+            if cursor == 0:
+                return moved
 
     def set_kill_batch(self, set_name: str, now: float, batch: int) -> int:
         """Move the first ``batch`` members to the dead set; returns how many moved."""
@@ -165,12 +209,30 @@ class SetOps:
     def _dead_trim_args(self, now: float) -> list:
         return [repr(now), self.dead_max_jobs, repr(now - self.dead_timeout)]
 
-    def set_clear(self, set_name: str) -> int:
-        """Drop a whole set (UNLINK frees it in the background); returns how many it held."""
-        pipe = self.client.pipeline(transaction=True)
-        pipe.zcard(self.keys.sorted_set(set_name))
-        pipe.unlink(self.keys.sorted_set(set_name))
-        return pipe.execute()[0]
+    def set_clear(self, set_name: str, lock_of: LockOf | None = None) -> int:
+        """Drop a whole set; returns how many it held. With ``lock_of``, the locks of the
+        unique jobs it held are released (see :meth:`_clear`)."""
+        return self._clear("zset", self.keys.sorted_set(set_name), "", lock_of)
+
+    def _clear(self, kind: str, key: str, queue: str, lock_of: LockOf | None) -> int:
+        """Rename the queue or set aside in one step (set_clear.lua), release the locks its
+        unique jobs still hold, found a page at a time by Redis (set_unique_scan.lua), then
+        UNLINK it (freed in the background). The jobs set aside can no longer run, so the
+        compare-and-delete of their locks never frees a running job's lock."""
+        trash = self.keys.trash(secrets.token_hex(8))
+        count = int(self._set_clear(keys=[key, trash, self.keys.queues if queue else key],
+                                    args=[kind, queue, TRASH_TTL]))
+        if count and lock_of is not None:
+            start = 0
+            while start < count:
+                read, *members = self._set_unique_scan(
+                    keys=[trash], args=[kind, start, UNIQUE_PAGE, UNIQUE_NEEDLE])
+                self.release_unique([pair for pair in map(lock_of, members) if pair])
+                start += max(1, int(read))
+                if int(read) < UNIQUE_PAGE:
+                    break
+        self.client.unlink(trash)
+        return count
 
     # -- dashboard numbers ---------------------------------------------------------------------
 
@@ -216,6 +278,8 @@ class SetOps:
         pipe.smembers(k.processes)
         pipe.get(k.stat("processed"))
         pipe.get(k.stat("failed"))
+        pipe.get(k.stat("cancelled"))
+        pipe.get(k.stat("expired"))
         for name in ("schedule", "retry", "dead"):
             pipe.zcard(k.sorted_set(name))
         pipe.lindex(k.queue(default_queue), -1)
@@ -239,14 +303,15 @@ class SetOps:
         names, identities = guess
         extra = [name for name in extra if name not in names]
         paused = {_text(n) for n in replies[1]}
-        processed, failed, scheduled, retries, dead, oldest = replies[3:9]
-        rest = iter(replies[9:])
+        processed, failed, cancelled, expired, scheduled, retries, dead, oldest = replies[3:11]
+        rest = iter(replies[11:])
         states = {}
         for name in (*names, *extra):
             size = next(rest)
             states[name] = (size, next(rest) if queues else None, name in paused)
         out = {
             "processed": _int(processed), "failed": _int(failed),
+            "cancelled": _int(cancelled), "expired": _int(expired),
             "scheduled_size": scheduled, "retry_size": retries, "dead_size": dead,
             "processes_size": len(identities), "default_oldest": oldest,
             "enqueued": sum(states[name][0] for name in names),
@@ -279,6 +344,11 @@ class SetOps:
         keys = [self.keys.stat_daily(name, day) for name in ("processed", "failed") for day in days]
         values = [int(v or 0) for v in self.client.mget(keys)]
         return list(zip(values[:len(days)], values[len(days):]))
+
+    def stat_totals(self, names: Sequence[str]) -> dict[str, int]:
+        """All-time counters ``stat:<name>`` (processed, failed, cancelled...), one MGET."""
+        values = self.client.mget([self.keys.stat(name) for name in names]) if names else []
+        return {name: _int(value) for name, value in zip(names, values)}
 
     # -- processes -----------------------------------------------------------------------------
 

@@ -69,6 +69,8 @@ def summary(request: HttpRequest, stats: Any) -> list[dict[str, Any]]:
     rows = (
         ("Processed", stats.processed, "dashboard", "processed"),
         ("Failed", stats.failed, "dashboard", "failed"),
+        ("Cancelled", stats.cancelled, "dashboard", "cancelled"),
+        ("Expired", stats.expired, "dashboard", "expired"),
         ("Busy", stats.busy, "busy", "busy"),
         ("Enqueued", stats.enqueued, "queues", "enqueued"),
         ("Retries", stats.retry_size, "retries", "retries"),

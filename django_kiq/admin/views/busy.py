@@ -1,4 +1,5 @@
-"""Busy: live worker processes with Quiet/Stop, and the jobs they are running.
+"""Busy: live worker processes with Quiet/Stop, and the jobs they are running (with Cancel, a
+stuck badge for a job past its time limit that cannot be interrupted, and its deadline).
 
 The processes, their running jobs and the summary bar come from one ``api.Stats`` snapshot
 (one MULTI), read fresh at every request (admin pages are never cached): the page shows the
@@ -13,6 +14,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django_kiq import api
 
 from ..present import args_preview, moment
+from . import control
 from .base import back, confirm, confirmed, perform, render, url
 
 # action -> (ProcessSet method, label). Quiet: stop fetching new jobs; Stop: shut down.
@@ -28,15 +30,27 @@ def busy(request: HttpRequest, *, site: AdminSite) -> HttpResponse:
     rows = [{"process": p, "started": moment(p.started_at), "beat": moment(p.beat),
              "rss_mb": round(p.rss_kb / 1024, 1) if p.rss_kb else None,
              "queues": ", ".join(p.queues)} for p in processes]
-    work = [{"work": w, "args": args_preview(w.job), "run_at": moment(w.run_at)}
-            for p in processes for w in p.work]
+    work = [{"work": w, "args": args_preview(w.job), "run_at": moment(w.run_at),
+             "deadline": _deadline(w)} for p in processes for w in p.work]
     return render(request, site, "busy.html", title="Busy", page="busy", stats=stats,
                   processes=rows, work=work, live=True)
+
+
+def _deadline(work: api.WorkRecord):
+    """When the job's own time limit (``kiq_timeout``) runs out, or None."""
+    timeout = api.timeout_of(work.job)
+    return moment(work.run_at + timeout) if timeout and work.run_at else None
 
 
 def _act(request: HttpRequest, site: AdminSite) -> HttpResponse:
     action = request.POST.get("action", "")
     processes = api.ProcessSet()
+    if action == "cancel":
+        jids = control.posted_jids(request)
+        if jids is None or len(jids) != 1:
+            return HttpResponseBadRequest("one jid is required")
+        control.cancel(request, jids)
+        return back(request, url(request, "busy"))
     if action in ONE:
         identity = request.POST.get("identity", "")
         if not identity:

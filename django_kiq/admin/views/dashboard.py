@@ -43,6 +43,7 @@ def stats_json(request: HttpRequest, *, site: AdminSite) -> JsonResponse:
     return JsonResponse({
         "time": time.time(),
         "processed": stats.processed, "failed": stats.failed, "busy": stats.busy,
+        "cancelled": stats.cancelled, "expired": stats.expired,
         "enqueued": stats.enqueued, "retries": stats.retry_size,
         "scheduled": stats.scheduled_size, "dead": stats.dead_size,
         "processes": stats.processes_size, "latency": stats.default_queue_latency,

@@ -1,4 +1,6 @@
-"""Job detail: every field of one job hash, its arguments pretty-printed, error and backtrace.
+"""Job detail: every field of one job hash, its arguments pretty-printed, error and backtrace,
+and its execution control (docs/execution.md): unique lock, iterable checkpoint, time limit,
+expiry, and a Cancel button.
 
 A job in a set is addressed by its entry key (score and jid, as the API gives it); a job in a
 queue by its queue entry key (position and digest of its exact bytes: two jobs sharing a jid are
@@ -14,10 +16,10 @@ from django.contrib import messages
 from django.contrib.admin import AdminSite
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 
-from django_kiq import api
+from django_kiq import api, results
 from django_kiq.records import parse_queue_key
 
-from ..present import field_text, moment, pretty_json
+from ..present import cut, duration, field_text, moment, pretty_json
 from .base import render, url
 from .sets import Action, is_key, page_for
 
@@ -31,7 +33,7 @@ class Found:
     list_url: str  # where the action forms post and return to
     score_label: str = ""  # what a set's score means ("Next retry", "Died"...)
     actions: tuple[Action, ...] = ()  # set row actions
-    queue_delete: bool = False
+    queue_delete: bool = False  # a queue job: Delete (by entry key) and Cancel (by jid)
 
 
 def set_job(request: HttpRequest, slug: str, key: str, *, site: AdminSite) -> HttpResponse:
@@ -79,4 +81,24 @@ def _detail(request: HttpRequest, site: AdminSite, record: api.JobRecord,
         fields=[(name, field_text(value)) for name, value in sorted(record.fields.items())],
         args=pretty_json(record.args), kwargs=pretty_json(record.kwargs) if record.kwargs else "",
         raw=record.raw.decode("utf-8", errors="backslashreplace") if record.malformed else "",
-        times=[(label, moment(value)) for label, value in times if label and value])
+        times=[(label, moment(value)) for label, value in times if label and value],
+        control=_control(record), result=results.get(record.jid))
+
+
+CURSOR_CHARS = 500  # a checkpoint's cursor is shown cut to this many characters
+
+
+def _control(record: api.JobRecord) -> dict | None:
+    """What the page shows of the job's execution control, or None when it uses none."""
+    timeout, expires = api.timeout_of(record), api.expires_at_of(record)
+    lock, point = api.unique_lock(record), api.checkpoint(record)
+    iterable = record.fields.get("kiq_iterable") is True
+    if not (timeout or expires or lock or iterable):
+        return None
+    return {
+        "timeout": duration(timeout) if timeout else None, "expires": moment(expires),
+        "lock": lock, "lock_ttl": duration(lock.ttl) if lock and lock.ttl is not None else None,
+        "iterable": iterable, "checkpoint": point,
+        "cursor": cut(point.cursor, CURSOR_CHARS) if point else "",
+        "saved": moment(point.saved_at) if point else None,
+    }

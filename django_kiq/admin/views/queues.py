@@ -1,4 +1,4 @@
-"""Queues: sizes, latency and pause state; one queue's jobs paged in Redis, delete, clear.
+"""Queues: sizes, latency and pause state; one queue's jobs paged in Redis, delete, cancel, clear.
 
 Every figure of a page (the summary bar, the sizes, latencies and pause states) comes from one
 ``api.Stats`` snapshot, so they agree. A paused queue is listed even when it is empty and
@@ -15,6 +15,7 @@ from django_kiq import api
 
 from ..paging import Pager
 from ..present import JobRow, duration
+from . import control
 from .base import back, confirm, confirmed, gone, perform, plural, render, url
 from .job import is_queue_key
 
@@ -47,6 +48,12 @@ def _act(request: HttpRequest, site: AdminSite, q: "api.Queue") -> HttpResponse:
     here = url(request, "queue", q.name)
     if action == "delete":
         return _delete(request, q, here)
+    if action == "cancel":  # by jid: api.cancel finds the job even if it started meanwhile
+        jids = control.posted_jids(request)
+        if jids is None or len(jids) != 1:
+            return HttpResponseBadRequest("one jid is required")
+        control.cancel(request, jids)
+        return back(request, here)
     if action in ("pause", "resume"):
         perform(request, f"{action.capitalize()} {q.name}", getattr(q, action),
                 lambda _: f"Queue {q.name} {'paused' if action == 'pause' else 'resumed'}.")

@@ -21,7 +21,8 @@ from django_kiq.records import parse_key
 
 from ..paging import Pager
 from ..present import JobRow
-from .base import back, confirm, confirmed, gone, perform, plural, render, url
+from . import control
+from .base import MANAGE_PERM, back, confirm, confirmed, gone, perform, plural, render, url
 
 SEARCH_LIMIT = 25  # matches wanted per search step (a step may return a few more)
 SEARCH_BUDGET = api.SEARCH_BUDGET  # members one step scans at most
@@ -64,6 +65,7 @@ RETRY_NOW = Action(name="retry_now", method="retry_now", label="Retry now", done
 ADD_TO_QUEUE = Action(name="enqueue_now", method="enqueue_now", label="Add to queue",
                       done="Added to their queues")
 DELETE = Action(name="delete", method="delete", label="Delete", done="Deleted", danger=True)
+CANCEL = Action(name="cancel", method="", label="Cancel", done="Cancelled")
 KILL = Action(name="kill", method="kill", label="Kill", done="Moved to the dead set",
               danger=True)
 RETRY_ALL = Action(name="retry_all", method="retry_all", label="Retry all", done="Retried",
@@ -83,11 +85,11 @@ KILL_ALL = Action(name="kill_all", method="kill_all", label="Kill all",
 PAGES = {
     "retries": SetPage(
         slug="retries", title="Retries", api_class=api.RetrySet, when_label="Next retry",
-        size_attr="retry_size", failures=True, row_actions=(RETRY_NOW, DELETE, KILL),
+        size_attr="retry_size", failures=True, row_actions=(RETRY_NOW, CANCEL, DELETE, KILL),
         all_actions=(RETRY_ALL, DELETE_ALL, KILL_ALL)),
     "scheduled": SetPage(
         slug="scheduled", title="Scheduled", api_class=api.ScheduledSet, when_label="When",
-        size_attr="scheduled_size", failures=False, row_actions=(ADD_TO_QUEUE, DELETE),
+        size_attr="scheduled_size", failures=False, row_actions=(ADD_TO_QUEUE, CANCEL, DELETE),
         all_actions=(ADD_ALL, DELETE_ALL)),
     "dead": SetPage(
         slug="dead", title="Dead", api_class=api.DeadSet, when_label="Died",
@@ -138,7 +140,8 @@ def job_set(request: HttpRequest, *, site: AdminSite, slug: str) -> HttpResponse
     return render(request, site, "job_set.html", title=page.title, page=slug, set_page=page,
                   stats=stats, rows=rows, pager=pager, query=query, more_url=more,
                   scanned=f"{search.scanned:,}" if search else None,
-                  size=f"{total:,}" if query else None, live=not query)
+                  size=f"{total:,}" if query else None, live=not query,
+                  row_cancel=CANCEL in page.row_actions and request.user.has_perm(MANAGE_PERM))
 
 
 def _cursor(request: HttpRequest) -> int:
@@ -155,6 +158,12 @@ def _act(request: HttpRequest, site: AdminSite, page: SetPage, jobs: api.JobSet
         return HttpResponseBadRequest("this job set has no such action")
     act, whole = found
     here = url(request, page.slug)
+    if act is CANCEL:  # ticked rows (keys), a row's button or the job page (jid)
+        jids = control.posted_jids(request)
+        if jids is None:
+            return HttpResponseBadRequest("malformed job key")
+        control.cancel(request, jids)
+        return back(request, here)
     if not whole:
         keys = request.POST.getlist("key")
         if not all(map(is_key, keys)):
