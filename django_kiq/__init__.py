@@ -9,7 +9,9 @@ from .exceptions import (DuplicateJob, EnqueueError, JobCancelled, JobTimeout, K
                          PayloadTooLarge, RedisUnavailable)
 from .execution import current_job
 from .registry import Job, job
+from .batches import batch
+from .canvas import chain, group
 
 __version__ = "0.1.0"
 __all__ = ["job", "Job", "current_job", "KiqError", "EnqueueError", "RedisUnavailable",
-           "PayloadTooLarge", "JobCancelled", "JobTimeout", "DuplicateJob", "__version__"]
+           "PayloadTooLarge", "JobCancelled", "JobTimeout", "DuplicateJob", "batch", "chain", "group", "__version__"]

@@ -80,6 +80,22 @@ class CurrentJob:
         if self.deadline is not None and time.time() >= self.deadline:
             raise JobTimeout(self.timeout_message())
 
+    def progress(self, percent: float, message: str = "") -> None:
+        """Report how far the job got, 0-100, with an optional message: shown on the Busy page
+        (from the next heartbeat) and, for a job that keeps its result, in its result record."""
+        if type(percent) not in (int, float) or not 0 <= percent <= 100:
+            raise ValueError(f"progress takes a percentage from 0 to 100, not {percent!r}")
+        self.extras["progress"] = (percent, str(message))
+        report = self.extras.get("report_progress")
+        if report is not None:
+            report(percent, str(message))
+
+    @property
+    def batch(self) -> Any:
+        """The batch this job belongs to, or None: ``with current_job().batch:`` adds the jobs
+        enqueued inside it to the batch (docs/workflows.md)."""
+        return self.extras.get("batch")
+
     def remaining(self) -> float | None:
         """Seconds left before the deadline (never negative), or None without a time limit."""
         return None if self.deadline is None else max(0.0, self.deadline - time.time())

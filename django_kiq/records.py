@@ -190,6 +190,8 @@ class WorkRecord:
     run_at: float | None
     job: JobRecord
     stuck: bool = False  # past its time limit and not interruptible (blocked outside Python)
+    progress: float | None = None  # current_job().progress(): percent (docs/workflows.md)
+    progress_message: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -226,7 +228,15 @@ def _work_record(identity: str, thread: str, value: str) -> WorkRecord:
     raw = job.encode() if isinstance(job, str) else json.dumps(job).encode()
     return WorkRecord(process=identity, thread=thread, queue=_str(entry.get("queue")) or "",
                       run_at=_epoch(entry.get("run_at")), job=decode_record(raw),
-                      stuck=entry.get("stuck") is True)
+                      stuck=entry.get("stuck") is True, **_progress_of(entry))
+
+
+def _progress_of(entry: dict[str, Any]) -> dict[str, Any]:
+    """A work entry's progress, if it reported one (read from Redis: junk reads as none)."""
+    pct = entry.get("progress")
+    if type(pct) not in (int, float) or not 0 <= pct <= 100:
+        return {}
+    return {"progress": pct, "progress_message": str(entry.get("progress_message") or "")[:200]}
 
 
 def process_record(identity: str, state: dict[str, str], work: dict[str, str]) -> ProcessRecord:

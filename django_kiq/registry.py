@@ -15,7 +15,10 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .canvas import Signature
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 
@@ -45,6 +48,8 @@ class JobOptions:
     unique_key: Callable | None = None
     unique_conflict: str = "drop"
     iterable: bool = False
+    # Workflows (docs/workflows.md): keep the job's status and return value this many seconds.
+    result_ttl: int | None = None
 
     def payload_fields(self) -> dict[str, Any]:
         """The options that travel in the job hash (Sidekiq field names, ``kiq_`` for ours).
@@ -67,12 +72,14 @@ class JobOptions:
             out["kiq_unique_until"] = "start"
         if self.iterable:
             out["kiq_iterable"] = True
+        if self.result_ttl is not None:
+            out["kiq_result_ttl"] = self.result_ttl
         return out
 
 
 OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(JobOptions)) | {"name"}
 SET_OPTION_NAMES = frozenset({"queue", "retry", "backtrace", "dead", "retry_queue", "tags",
-                              "timeout", "expires_in"})
+                              "timeout", "expires_in", "result_ttl"})
 UNIQUE_UNTIL = ("success", "start")
 UNIQUE_CONFLICT = ("drop", "raise")
 
@@ -139,6 +146,10 @@ def _validate_execution(options: dict[str, Any], where: str) -> None:
         raise TypeError(f"{where}: unique_until/unique_key/unique_conflict need unique_for")
     if not isinstance(options.get("iterable", False), bool):
         raise TypeError(f"{where}: iterable must be True or False")
+    ttl = options.get("result_ttl")
+    if ttl is not None and (type(ttl) is not int or ttl < 1):
+        raise ValueError(f"{where}: result_ttl must be a whole number of seconds >= 1, "
+                         f"not {ttl!r}")
 
 
 def validate_cron(expression: str, timezone: str | None, *, where: str) -> None:
@@ -273,6 +284,13 @@ class Job:
         return client.enqueue(self, args, kwargs)
 
     delay = enqueue
+
+    def s(self, *args: Any, **kwargs: Any) -> "Signature":
+        """A signature: this call described as data (``.set(...)``, ``.enqueue()``); chains,
+        groups and batch callbacks take them. Arguments are checked now, as ``enqueue`` does."""
+        from .canvas import Signature
+
+        return Signature.of(self, args, kwargs)
 
     def enqueue_in(self, delay: float | dt.timedelta, *args: Any, **kwargs: Any) -> str:
         from . import client

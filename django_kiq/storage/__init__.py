@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import threading
 
+from .batches import BatchMark, BatchPush, ResultWrite
 from .control import Checkpoint, UniquePush
 from .keys import Keys
 from .store import TRANSIENT_ERRORS, Heartbeat, RedisError, Settle, Storage
 
 __all__ = ["Keys", "Storage", "Settle", "Heartbeat", "TRANSIENT_ERRORS", "RedisError",
-           "UniquePush", "Checkpoint",
+           "UniquePush", "Checkpoint", "BatchMark", "BatchPush", "ResultWrite",
            "get_default", "reset_default", "from_settings"]
 
 _lock = threading.Lock()

@@ -130,3 +130,28 @@ class Keys:
     def cancellation_seq(self) -> str:
         """STRING: the sequence number of the last cancellation."""
         return self._k("kiq:cancelled:seq")
+
+    # Workflows (docs/workflows.md): job results, batches.
+
+    def job_result(self, jid: str) -> str:
+        """HASH: a ``@job(result_ttl=...)``'s status, value, error, progress (with a TTL)."""
+        return self._k(f"kiq:result:{jid}")
+
+    def job_result_done(self, jid: str) -> str:
+        """LIST: one element once the job finished, for waiters to block on (with a TTL)."""
+        return self._k(f"kiq:result:{jid}:done")
+
+    def batch(self, bid: str) -> str:
+        """HASH: a batch's description, counters, callbacks and their fired flags."""
+        return self._k(f"kiq:batch:{bid}")
+
+    def batch_set(self, bid: str, name: str) -> str:
+        """SET of a batch's members: "pending" (not succeeded yet), "failed", "dead"."""
+        if name not in ("pending", "failed", "dead"):
+            raise ValueError(f"unknown batch set {name!r}")
+        return self._k(f"kiq:batch:{bid}:{name}")
+
+    @property
+    def batches(self) -> str:
+        """ZSET: bid scored by creation time (the admin's Batches tab)."""
+        return self._k("kiq:batches")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -19,12 +20,14 @@ from pathlib import Path
 import redis
 
 from .keys import Keys
+from .batches import BatchMark, BatchOps, ResultWrite
 from .control import ControlOps
 from .cron_state import PeriodicOps
 from .results import ResultOps
 from .sets import SetOps
 
 LUA_DIR = Path(__file__).with_name("lua")
+LUA_INCLUDE = re.compile(r"^-- include: (\w+\.lua)$", re.MULTILINE)
 PUSH_BATCH = 1000
 REGISTER_EVERY = 5.0  # seconds a process trusts its last registration of a queue name
 DAILY_STATS_TTL = 5 * 365 * 24 * 3600
@@ -57,6 +60,8 @@ class Settle:
     jid: str = ""  # the job's jid (the lock's holder, the checkpoint's owner)
     drop_cursor: bool = False  # delete the job's iterable checkpoint
     count: str = ""  # a counter to increment: "cancelled" or "expired"
+    result: ResultWrite | None = None  # the job's result record (``@job(result_ttl=...)``)
+    batch: BatchMark | None = None  # the job's outcome counted in its batch
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,7 +87,7 @@ class Heartbeat:
     failed: int
 
 
-class Storage(SetOps, PeriodicOps, ResultOps, ControlOps):
+class Storage(SetOps, PeriodicOps, ResultOps, ControlOps, BatchOps):
     def __init__(self, client: redis.Redis, keys: Keys, *, dead_max_jobs: int = 10_000,
                  dead_timeout: float = 180 * 24 * 3600):
         self.client = client
@@ -101,6 +106,7 @@ class Storage(SetOps, PeriodicOps, ResultOps, ControlOps):
         self._register_periodic_scripts()
         self._register_result_scripts()
         self._register_control_scripts()
+        self._register_batch_scripts()
 
     def dedicated(self) -> "Storage":
         """A Storage on one connection of its own, for a thread that sends a command at a time.
@@ -115,7 +121,10 @@ class Storage(SetOps, PeriodicOps, ResultOps, ControlOps):
                        dead_timeout=self.dead_timeout)
 
     def _script(self, name: str):
-        return self.client.register_script((LUA_DIR / f"{name}.lua").read_text())
+        # Lua cannot import: "-- include: x.lua" pastes a shared library in (batch_lib.lua).
+        text = LUA_INCLUDE.sub(lambda m: (LUA_DIR / m.group(1)).read_text(),
+                               (LUA_DIR / f"{name}.lua").read_text())
+        return self.client.register_script(text)
 
     # -- client side -------------------------------------------------------------------------
 
@@ -208,6 +217,12 @@ class Storage(SetOps, PeriodicOps, ResultOps, ControlOps):
             counter = self.keys.stat(e.count) if e.count else unused
             keys.extend([self._dest_key(e), lock, cursor, counter])
             cleanup = ("c" if e.drop_cursor else "") + ("n" if e.count else "")
+            if e.result is not None or e.batch is not None:  # workflows: off unless asked for
+                more_keys, more_args, flags = self.workflow_settle_args(e.result, e.batch)
+                keys.extend(more_keys)
+                args.extend([e.kind, e.old, e.new, extra, e.jid if e.unlock else "",
+                             cleanup + flags, *more_args])
+                continue
             args.extend([e.kind, e.old, e.new, extra, e.jid if e.unlock else "", cleanup])
         flags = self._settle(keys=keys, args=args)
         if flags and flags[0] == -1:

@@ -94,6 +94,11 @@ class Control:
         """Processor threads whose job is stuck past its deadline (for the Busy page)."""
         return {name for name, job in self._running.copy().items() if job.stuck}
 
+    def progress(self) -> dict[str, tuple[float, str]]:
+        """Processor thread -> (percent, message) its job last reported (for the Busy page)."""
+        return {name: job.extras["progress"] for name, job in self._running.copy().items()
+                if "progress" in job.extras}
+
     def release_lock(self, digest: str, jid: str) -> None:
         """Release a unique lock when its job starts (``unique_until="start"``)."""
         self.store.release_unique([(digest, jid)])

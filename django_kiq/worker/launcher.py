@@ -274,11 +274,14 @@ class Launcher:
 
     def _work(self, running: dict[str, tuple[str, bytes, float, int]]) -> dict[str, str]:
         stuck = self.control.stuck()
+        progress = self.control.progress()  # current_job().progress(): docs/workflows.md
         work = {}
         for thread, (queue, raw, started, _) in running.items():
             entry = {"queue": queue, "payload": raw.decode("utf-8", "replace"), "run_at": started}
             if thread in stuck:  # past its time limit, blocked where it cannot be interrupted
                 entry["stuck"] = True
+            if thread in progress:
+                entry["progress"], entry["progress_message"] = progress[thread]
             work[thread] = json.dumps(entry)
         return work
 

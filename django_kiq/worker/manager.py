@@ -226,11 +226,13 @@ class Manager:
 
     @staticmethod
     def _settle_entry(outcome: Outcome) -> Settle:
+        # The job's result record and batch count (docs/workflows.md) end with it too.
+        workflow = {"result": outcome.result, "batch": outcome.batch}
         ended = {"unlock": outcome.unlock, "jid": outcome.jid,
-                 "drop_cursor": outcome.drop_cursor}
+                 "drop_cursor": outcome.drop_cursor, **workflow}
         if outcome.kind == "retry":
             return Settle(kind="z", old=outcome.raw, new=outcome.new, dest="retry",
-                          score=outcome.at)
+                          score=outcome.at, **workflow)
         if outcome.kind == "dead":
             return Settle(kind="d", old=outcome.raw, new=outcome.new, score=outcome.at, **ended)
         if outcome.kind == "requeue":  # an iterable job paused at a checkpoint: resumes first

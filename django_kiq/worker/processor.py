@@ -52,6 +52,7 @@ class JobContext:
     started: float = field(default_factory=time.monotonic)
     decision: retry.Decision | None = None
     current: CurrentJob | None = None  # what current_job() returns inside the job
+    value: Any = None  # what the job returned (its result record keeps it: docs/workflows.md)
 
     @property
     def jid(self) -> str:
@@ -87,10 +88,15 @@ class Outcome:
     jid: str = ""
     drop_cursor: bool = False
     count: str = ""
+    # Workflows (docs/workflows.md), None unless the job asked: its result record and its
+    # batch's count, written in the same settle step (storage.ResultWrite / BatchMark).
+    result: Any = None
+    batch: Any = None
 
     @property
     def needs_settle(self) -> bool:
-        return self.kind != "done" or bool(self.unlock or self.drop_cursor)
+        return self.kind != "done" or bool(self.unlock or self.drop_cursor) or (
+            self.result is not None or self.batch is not None)
 
 
 class Processor:
@@ -132,7 +138,7 @@ class Processor:
         _close_old_connections()
         depths = database.atomic_depths()
         try:
-            self.chain(ctx)
+            ctx.value = self.chain(ctx)
         except BaseException as exc:  # noqa: BLE001 - SystemExit too: a failure like any
             if ctx.current.cancelled:
                 return self._ended(ctx, "cancelled")

@@ -10,15 +10,25 @@
 -- ARGV[2]      dead set cap (DEAD_MAX_JOBS); ARGV[3] dead set cutoff score (now - DEAD_TIMEOUT)
 -- ARGV[4..]    6 values per entry: kind, old payload, new payload, score or queue name,
 --              the jid whose unique lock to release ("" keeps it), and cleanup flags:
---              "c" deletes the checkpoint, "n" increments the counter
+--              "c" deletes the checkpoint, "n" increments the counter, and the workflow
+--              cleanups whose keys and values follow the entry's own (docs/workflows.md):
+--   "r" writes the job's result record: KEYS +2: the result hash, its "done" list;
+--       ARGV +3+2F: TTL seconds, "1" to push to the done list (the job finished), F, then
+--       F field/value pairs
+--   "b" counts the job's outcome in its batch: KEYS +1+4L: the schedule set, then per batch
+--       level (its own batch, its parent...) hash, pending, failed and dead sets;
+--       ARGV +4: outcome ('s' succeeded, 'f' failed, 'd' died), the jid, L, the batch TTL
 --   kind "x" = discard, "q" = RPUSH to the head of queue, "l" = LPUSH to the tail of queue,
 --   "z" = ZADD with score, "d" = ZADD to dead with score, then trim dead to the cap and cutoff.
 --
 -- An entry acts only if its old payload was still in the in-progress list (LREM returned 1), so
 -- two processes settling the same orphan, or a retried call, never move a job twice. The
 -- cleanups happen in the same step as the move: a job's outcome, the release of its unique lock
--- and the end of its checkpoint are one change, whatever crashes when.
+-- and the end of its checkpoint, its result and its batch's counters and callbacks are one
+-- change, whatever crashes when (batch_lib.lua says why callbacks fire exactly once).
 -- Returns one 0/1 flag per entry, or {-1} when the guard stopped it.
+
+-- include: batch_lib.lua
 
 if ARGV[1] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then
   return {-1}
@@ -26,13 +36,28 @@ end
 
 local wip = KEYS[1]
 local flags = {}
-local n = (#ARGV - 3) / 6
-for i = 1, n do
-  local base = 3 + (i - 1) * 6
+local base, k, i = 3, 3, 0
+while base < #ARGV do
+  i = i + 1
   local kind, old, new, extra = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
   local lock_jid, cleanup = ARGV[base + 5], ARGV[base + 6]
-  local k = 3 + (i - 1) * 4
   local dest, lock, cursor, counter = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  base, k = base + 6, k + 4
+  local result, batch = nil, nil
+  if string.find(cleanup, 'r', 1, true) then
+    local nf = tonumber(ARGV[base + 3])
+    result = {KEYS[k + 1], KEYS[k + 2], ARGV[base + 1], ARGV[base + 2], base + 3, nf}
+    base, k = base + 3 + 2 * nf, k + 2
+  end
+  if string.find(cleanup, 'b', 1, true) then
+    local levels = {}
+    for j = 1, tonumber(ARGV[base + 3]) do
+      local at = k + 1 + (j - 1) * 4
+      levels[j] = {KEYS[at + 1], KEYS[at + 2], KEYS[at + 3], KEYS[at + 4]}
+    end
+    batch = {KEYS[k + 1], ARGV[base + 1], ARGV[base + 2], levels, ARGV[base + 4]}
+    base, k = base + 4, k + 1 + 4 * #levels
+  end
   local removed = redis.call('LREM', wip, -1, old)
   flags[i] = removed
   if removed == 1 then
@@ -58,6 +83,19 @@ for i = 1, n do
     end
     if string.find(cleanup, 'n', 1, true) then
       redis.call('INCR', counter)
+    end
+    if result then
+      local fields = {}
+      for j = 1, 2 * result[6] do fields[j] = ARGV[result[5] + j] end
+      if #fields > 0 then redis.call('HSET', result[1], unpack(fields)) end
+      redis.call('EXPIRE', result[1], result[3])
+      if result[4] == '1' then
+        redis.call('RPUSH', result[2], '1')
+        redis.call('EXPIRE', result[2], result[3])
+      end
+    end
+    if batch then
+      batch_apply(batch[4], 1, batch[3], batch[2], batch[1], batch_now(), batch[5])
     end
   end
 end

@@ -1,0 +1,126 @@
+"""Job results: what ``@job(result_ttl=...)`` jobs (or all, with ``KIQ["RESULT_TTL"]``) leave.
+
+``get(jid)`` reads a job's :class:`JobResult` (None when there is none: results off, expired,
+or never enqueued). The record is written at enqueue ("queued"/"scheduled"), at start
+("running"), by ``current_job().progress()``, and in the job's settle step (the final status
+and value or error), so the status never disagrees with where the job is. ``wait()`` blocks on
+the job's "done" list (pushed in that settle step) rather than polling. django.tasks results
+(``KiqBackend``) read through the same :func:`get`. Any thread; async forms for async views.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from asgiref.sync import sync_to_async
+
+from . import storage
+
+STATUSES = ("queued", "scheduled", "running", "retrying", "succeeded", "failed", "cancelled")
+FINISHED = frozenset({"succeeded", "failed", "cancelled"})
+_TASK_STATUS = {"READY": "queued", "RUNNING": "running", "SUCCESSFUL": "succeeded",
+                "FAILED": "failed"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobResult:
+    jid: str
+    status: str
+    value: Any = None
+    error: dict[str, Any] | None = None  # class, message, backtrace
+    attempt: int = 0
+    enqueued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress: float | None = None
+    progress_message: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def wait(self, timeout: float) -> "JobResult":
+        """Block until the job finished (at most ``timeout`` seconds); its final result.
+
+        Raises TimeoutError if it did not finish in time. No polling: one blocking command
+        on the job's "done" list.
+        """
+        if self.finished:
+            return self
+        deadline = time.monotonic() + timeout
+        store = storage.get_default()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            # BLMOVE takes whole or fractional seconds; 0 would block forever.
+            store.wait_job_result(self.jid, max(left, 0.01))
+            current = get(self.jid)
+            if current is None:
+                break
+            if current.finished:
+                return current
+        raise TimeoutError(f"job {self.jid} did not finish within {timeout}s")
+
+    async def await_(self, timeout: float) -> "JobResult":
+        """:meth:`wait` for async code (runs in a worker thread, not the event loop)."""
+        return await sync_to_async(self.wait, thread_sensitive=False)(timeout)
+
+
+def get(jid: str) -> JobResult | None:
+    """The job's result, or None if none is kept (results off, expired, unknown jid)."""
+    record = storage.get_default().job_result(str(jid))
+    if record is not None:
+        return from_record(str(jid), record)
+    task = storage.get_default().task_result(str(jid))
+    return from_task_record(str(jid), task) if task is not None else None
+
+
+async def aget(jid: str) -> JobResult | None:
+    return await sync_to_async(get, thread_sensitive=False)(jid)
+
+
+def from_record(jid: str, record: dict[str, str]) -> JobResult:
+    """Read from Redis: a field that does not parse reads as missing."""
+    status = record.get("status", "queued")
+    return JobResult(
+        jid=jid, status=status if status in STATUSES else "queued",
+        value=_json(record.get("value")), error=_json(record.get("error")),
+        attempt=int(_num(record.get("attempt")) or 0),
+        enqueued_at=_num(record.get("enqueued_at")), started_at=_num(record.get("started_at")),
+        finished_at=_num(record.get("finished_at")), progress=_num(record.get("progress")),
+        progress_message=record.get("progress_message", ""))
+
+
+def from_task_record(jid: str, record: dict[str, str]) -> JobResult:
+    """A django.tasks result (``KiqBackend``'s record) read as a :class:`JobResult`."""
+    errors = sorted((k for k in record if k.startswith("error:")), key=lambda k: k[6:])
+    error = _json(record[errors[-1]]) if errors else None
+    return JobResult(
+        jid=jid, status=_TASK_STATUS.get(record.get("status", ""), "queued"),
+        value=_json(record.get("return_value")),
+        error={"class": error.get("exception_class_path"), "message": "",
+               "backtrace": error.get("traceback")} if isinstance(error, dict) else None,
+        attempt=int(_num(record.get("attempts")) or 0),
+        enqueued_at=_num(record.get("enqueued_at")), started_at=_num(record.get("started_at")),
+        finished_at=_num(record.get("finished_at")))
+
+
+def _json(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _num(text: str | None) -> float | None:
+    try:
+        value = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return value if value == value else None

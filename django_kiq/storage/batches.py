@@ -1,0 +1,177 @@
+"""Storage verbs of workflows: job results (``@job(result_ttl=...)``) and batches.
+
+A mixin of :class:`~django_kiq.storage.store.Storage` (methods use ``self.client``,
+``self.keys`` and ``self._script``); it holds no state. Called from the enqueueing thread
+(batches created, jobs pushed into them, sealed), a worker's processor threads (a result's
+start, progress) and readers (``django_kiq.results``, ``django_kiq.api.Batch``, the admin).
+What ends with a job (its result, its batch's counters and callbacks) is not written here but
+in the job's own settle step: :meth:`workflow_settle_args` gives ``settle.lua`` the keys and
+values of :class:`ResultWrite` and :class:`BatchMark`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+#: At most this many ancestors of a batch are tracked (nesting deeper is refused).
+MAX_DEPTH = 8
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResultWrite:
+    """A job's result record, written in the step that settles the job."""
+
+    jid: str
+    ttl: int
+    fields: tuple[tuple[str, str], ...]
+    finished: bool  # True: wake the waiters (JobResult.wait)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchMark:
+    """A job's outcome counted in its batch (and, through it, in the batch's ancestors)."""
+
+    bids: tuple[str, ...]  # the job's batch, then its parent, grandparent...
+    member: str  # the jid
+    outcome: str  # "s" succeeded, "f" failed (retries or not), "d" died
+    ttl: int  # batch data lives this long after completion
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchPush:
+    """One job pushed into a batch: onto its queue, or into the schedule set at ``at``."""
+
+    jid: str
+    raw: bytes
+    queue: str = ""
+    at: float | None = None
+
+
+def _flat(fields: Mapping[str, str] | Sequence[tuple[str, str]]) -> list[str]:
+    pairs = fields.items() if isinstance(fields, Mapping) else fields
+    return [item for pair in pairs for item in pair]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+class BatchOps:
+    def _register_batch_scripts(self) -> None:
+        """Called by ``Storage.__init__``: register this mixin's Lua scripts."""
+        self._batch = self._script("batch")
+
+    # -- settle (see settle.lua's "r" and "b" cleanups) ----------------------------------------
+
+    def workflow_settle_args(self, result: ResultWrite | None,
+                             batch: BatchMark | None) -> tuple[list[str], list, str]:
+        keys: list[str] = []
+        args: list = []
+        flags = ""
+        if result is not None:
+            flags += "r"
+            keys += [self.keys.job_result(result.jid), self.keys.job_result_done(result.jid)]
+            args += [result.ttl, "1" if result.finished else "0", len(result.fields),
+                     *_flat(result.fields)]
+        if batch is not None:
+            flags += "b"
+            keys.append(self.keys.schedule)
+            for bid in batch.bids:
+                keys += self._batch_keys(bid)
+            args += [batch.outcome, batch.member, len(batch.bids), batch.ttl]
+        return keys, args, flags
+
+    def _batch_keys(self, bid: str) -> list[str]:
+        k = self.keys
+        return [k.batch(bid), k.batch_set(bid, "pending"), k.batch_set(bid, "failed"),
+                k.batch_set(bid, "dead")]
+
+    # -- batches: create, push, seal (batch.lua) -----------------------------------------------
+
+    def batch_write(self, bid: str, *, ancestors: Sequence[str] = (), ttl: int,
+                    create: Mapping[str, str] | None = None, only_new: bool = False,
+                    jobs: Sequence[BatchPush] = (),
+                    seal: Sequence[tuple[str, str, bytes]] | None = None) -> bool:
+        """Create the batch (``create``: its hash fields), push ``jobs`` into it, and/or seal
+        it with ``seal``'s (which, jid, payload) callbacks: one atomic step.
+
+        ``only_new`` with ``create``: do nothing and return False if the batch exists (so a
+        retried workflow step writes its batch once).
+        """
+        k = self.keys
+        keys = [*self._batch_keys(bid), k.batches, k.queues, k.schedule]
+        for ancestor in ancestors:
+            keys += self._batch_keys(ancestor)
+        flags = ("c" if create is not None else "") + ("x" if only_new else "") + (
+            "s" if seal is not None else "")
+        args: list = [flags, len(ancestors), ttl, len(create or {}), *_flat(create or {})]
+        args += [len(seal or ()), *[v for cb in (seal or ()) for v in cb]]
+        args.append(len(jobs))
+        for job in jobs:
+            if job.at is None:
+                keys.append(k.queue(job.queue))
+                args += ["q", job.queue, job.jid, job.raw]
+            else:
+                keys.append(k.schedule)
+                args += ["z", repr(float(job.at)), job.jid, job.raw]
+        return int(self._batch(keys=keys, args=args)) == 1
+
+    # -- batches: reading ----------------------------------------------------------------------
+
+    def batch_info(self, bid: str) -> dict[str, str | int] | None:
+        """The batch hash's fields plus ``pending``/``failed``/``dead`` counts, or None."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hgetall(self.keys.batch(bid))
+        for name in ("pending", "failed", "dead"):
+            pipe.scard(self.keys.batch_set(bid, name))
+        flat, pending, failed, dead = pipe.execute()
+        if not flat:
+            return None
+        info: dict[str, str | int] = {_text(a): _text(b) for a, b in flat.items()}
+        info.update(pending=pending, failed=failed, dead=dead)
+        return info
+
+    def batch_members(self, bid: str, name: str, limit: int = 1000) -> list[str]:
+        """Up to ``limit`` members of one of the batch's sets, sorted."""
+        key = self.keys.batch_set(bid, name)
+        members = []
+        for member in self.client.sscan_iter(key, count=max(limit, 100)):
+            members.append(_text(member))
+            if len(members) >= limit:
+                break
+        return sorted(members)
+
+    def recent_batches(self, start: int = 0, count: int = 25) -> tuple[int, list[str]]:
+        """(how many batches the index lists, bids newest first from ``start``)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zcard(self.keys.batches)
+        pipe.zrevrange(self.keys.batches, start, start + count - 1)
+        total, bids = pipe.execute()
+        return total, [_text(b) for b in bids]
+
+    # -- job results ---------------------------------------------------------------------------
+
+    def write_job_results(self, items: Sequence[tuple[str, Mapping[str, str], int]]) -> None:
+        """Set fields of result records ((jid, fields, ttl) each) and refresh their TTLs."""
+        if not items:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for jid, fields, ttl in items:
+            key = self.keys.job_result(jid)
+            pipe.hset(key, mapping=dict(fields))
+            pipe.expire(key, max(1, int(ttl)))
+        pipe.execute()
+
+    def job_result(self, jid: str) -> dict[str, str] | None:
+        flat = self.client.hgetall(self.keys.job_result(jid))
+        return {_text(a): _text(b) for a, b in flat.items()} if flat else None
+
+    def wait_job_result(self, jid: str, timeout: float) -> bool:
+        """Block until the job's "done" list has an element (it finished), up to ``timeout``.
+
+        BLMOVE from the list onto its own end leaves the element there, so every waiter wakes,
+        and one that starts waiting after the job finished returns at once. No polling.
+        """
+        key = self.keys.job_result_done(jid)
+        return self.client.blmove(key, key, timeout, "RIGHT", "RIGHT") is not None

@@ -1,0 +1,86 @@
+-- batch.lua: create a batch, add jobs to it (pushed in the same step), seal it. Any of the three.
+--
+-- KEYS[1..4]  the batch: hash, pending, failed and dead sets (kiq:batch:<bid>[:...])
+-- KEYS[5]     the batches index (kiq:batches); KEYS[6] the `queues` set; KEYS[7] the schedule set
+-- KEYS[8..]   4 keys per ancestor batch (parent first), as KEYS[1..4]; then one destination
+--             key per job (its queue list, or the schedule set)
+-- ARGV[1]     flags: "c" create (with "x": only if the batch does not exist, else return 0),
+--             "s" seal (store the callbacks, then fire what is due)
+-- ARGV[2]     number of ancestors A; ARGV[3] the batch TTL (seconds after completion)
+-- ARGV[4]     F, then F field/value pairs of the hash ("c": bid, description, created_at...)
+-- then        C, then C triples: which ("success", "complete", "death"), the callback's jid,
+--             its payload as it waits in the schedule set ("s")
+-- then        J, then J quadruples: "q" or "z", queue name or score, jid, payload
+--
+-- Creating a child batch makes it a member of its parent ("b:<bid>") in the same step; each
+-- job joins the pending set in the same step as its push, so a crash never leaves a job
+-- outside its batch or a member without its job. A batch completes only once sealed (the
+-- `with batch()` block ended): its first jobs may finish before the last one is added.
+-- Returns 1, or 0 when "cx" found the batch already there (nothing done).
+
+-- include: batch_lib.lua
+
+local flags = ARGV[1]
+local nanc, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+local levels = {{KEYS[1], KEYS[2], KEYS[3], KEYS[4]}}
+for j = 1, nanc do
+  local at = 7 + (j - 1) * 4
+  levels[j + 1] = {KEYS[at + 1], KEYS[at + 2], KEYS[at + 3], KEYS[at + 4]}
+end
+local h, pending = KEYS[1], KEYS[2]
+local a = 4
+local nf = tonumber(ARGV[a])
+local fields = {}
+for j = 1, 2 * nf do fields[j] = ARGV[a + j] end
+a = a + 2 * nf + 1
+local nc = tonumber(ARGV[a])
+local callbacks_at = a
+a = a + 3 * nc + 1
+local nj = tonumber(ARGV[a])
+
+if string.find(flags, 'c', 1, true) then
+  if string.find(flags, 'x', 1, true) and redis.call('EXISTS', h) == 1 then
+    return 0
+  end
+  redis.call('HSET', h, unpack(fields))
+  redis.call('HSETNX', h, 'total', 0)
+  redis.call('EXPIRE', h, ttl)
+  redis.call('ZADD', KEYS[5], redis.call('HGET', h, 'created_at'), redis.call('HGET', h, 'bid'))
+  redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -100001)
+  if nanc > 0 then
+    redis.call('SADD', levels[2][2], 'b:' .. redis.call('HGET', h, 'bid'))
+    redis.call('HINCRBY', levels[2][1], 'total', 1)
+  end
+end
+
+local dest = 7 + 4 * nanc
+for j = 1, nj do
+  local kind, where, jid, raw = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  a = a + 4
+  redis.call('SADD', pending, jid)
+  if kind == 'q' then
+    redis.call('SADD', KEYS[6], where)
+    redis.call('LPUSH', KEYS[dest + j], raw)
+  else
+    redis.call('ZADD', KEYS[dest + j], where, raw)
+  end
+end
+if nj > 0 then
+  redis.call('HINCRBY', h, 'total', nj)
+  redis.call('EXPIRE', pending, ttl)
+end
+
+if string.find(flags, 's', 1, true) then
+  for j = 1, nc do
+    local at = callbacks_at + (j - 1) * 3
+    redis.call('HSET', h, 'cb_' .. ARGV[at + 1], ARGV[at + 3], 'cbjid_' .. ARGV[at + 1], ARGV[at + 2])
+  end
+  redis.call('HSET', h, 'sealed', '1')
+  redis.call('EXPIRE', h, ttl)
+  local now = batch_now()
+  local up = batch_check(levels, 1, false, KEYS[7], now, ttl)
+  if up and levels[2] then
+    batch_apply(levels, 2, 'b:' .. redis.call('HGET', h, 'bid'), up, KEYS[7], now, ttl)
+  end
+end
+return 1

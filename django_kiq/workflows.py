@@ -1,0 +1,134 @@
+"""What a job's run means for its result record and its batch (docs/workflows.md).
+
+Called by the worker's processor, on the processor thread, only for a job that asked for it
+(``kiq_result_ttl`` in its hash, ``KIQ["RESULT_TTL"]``, or a ``bid``): :func:`on_start` records
+the start and wires ``current_job().progress()`` and ``current_job().batch``;
+:func:`on_outcome` adds a :class:`~django_kiq.storage.ResultWrite` and a
+:class:`~django_kiq.storage.BatchMark` to the job's outcome, which the manager writes in the
+job's settle step. :func:`record_enqueued` is the client's "queued" record. The mapping from an
+outcome to a status and a batch count is pure (:func:`status_of`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import batches, storage
+from .conf import KiqSettings
+
+#: outcome kind -> (result status, finished?, batch count: "s"/"f"/"d" or None: not yet)
+STATUS = {
+    "done": ("succeeded", True, "s"),
+    "retry": ("retrying", False, "f"),
+    "dead": ("failed", True, "d"),
+    "discard": ("failed", True, "f"),
+    "cancelled": ("cancelled", True, "f"),
+    "expired": ("failed", True, "f"),
+    "requeue": ("queued", False, None),
+    "reschedule": ("scheduled", False, None),
+}
+
+
+def status_of(kind: str) -> tuple[str, bool, str | None]:
+    return STATUS.get(kind, ("failed", True, "f"))
+
+
+def result_ttl(job: dict[str, Any], settings: KiqSettings) -> int | None:
+    """How long the job's result is kept, or None. Read from Redis: junk means the setting."""
+    ttl = job.get("kiq_result_ttl")
+    if type(ttl) is int and ttl >= 1:
+        return ttl
+    return settings.result_ttl
+
+
+def attempt_of(job: dict[str, Any]) -> int:
+    count = job.get("retry_count")
+    return count + 2 if type(count) is int and count >= 0 else 1
+
+
+def record_enqueued(store: storage.Storage, jobs: list[dict[str, Any]], settings: KiqSettings,
+                    now: float) -> None:
+    """The "queued" (or "scheduled") records of jobs that keep their result."""
+    items = []
+    for job in jobs:
+        ttl = result_ttl(job, settings)
+        if ttl is None:
+            continue
+        at = job.get("at")
+        status = "scheduled" if at is not None and at > now else "queued"
+        items.append((job["jid"], {"status": status, "class": str(job.get("class", "")),
+                                   "enqueued_at": repr(now)}, ttl))
+    store.write_job_results(items)
+
+
+def on_start(current: Any, job: dict[str, Any], settings: KiqSettings,
+             store: storage.Storage | None, touch: Callable[[], None] | None = None) -> None:
+    lineage = batches.lineage_of(job)
+    if lineage and current is not None:
+        current.extras["batch"] = batches.Batch.joining(lineage)
+    ttl = result_ttl(job, settings)
+    if ttl is None or store is None:
+        return
+    jid = str(job.get("jid"))
+    store.write_job_results([(jid, {"status": "running", "started_at": repr(time.time()),
+                                    "attempt": str(attempt_of(job)),
+                                    "class": str(job.get("class", ""))}, ttl)])
+
+    def report(percent: float, message: str) -> None:
+        store.write_job_results([(jid, {"progress": repr(percent),
+                                        "progress_message": message}, ttl)])
+        if touch is not None:
+            touch()
+
+    if current is not None:
+        current.extras["report_progress"] = report
+
+
+def on_outcome(outcome: Any, job: dict[str, Any], value: Any, settings: KiqSettings) -> Any:
+    """``outcome`` with its result record and batch count added (unchanged if neither)."""
+    status, finished, count = status_of(outcome.kind)
+    lineage = batches.lineage_of(job)
+    mark = None
+    if lineage and count is not None:
+        mark = storage.BatchMark(bids=lineage, member=str(job.get("jid")), outcome=count,
+                                 ttl=settings.batch_ttl)
+    ttl = result_ttl(job, settings)
+    write = None
+    if ttl is not None:
+        fields = {"status": status, "attempt": str(attempt_of(job))}
+        if finished:
+            fields["finished_at"] = repr(time.time())
+        if outcome.kind == "done":
+            fields.update(_value_fields(value))
+        elif outcome.new:
+            fields["error"] = _error_of(outcome.new)
+        write = storage.ResultWrite(jid=str(job.get("jid")), ttl=ttl,
+                                    fields=tuple(fields.items()), finished=finished)
+    if mark is None and write is None:
+        return outcome
+    changes = {"result": write, "batch": mark}
+    if hasattr(outcome, "_replace"):
+        return outcome._replace(**changes)
+    import dataclasses
+
+    return dataclasses.replace(outcome, **changes)
+
+
+def _value_fields(value: Any) -> dict[str, str]:
+    try:
+        return {"value": json.dumps(value, allow_nan=False, ensure_ascii=False)}
+    except (TypeError, ValueError) as exc:
+        return {"value": "null", "value_error": f"the return value is not JSON: {exc}"}
+
+
+def _error_of(raw: bytes) -> str:
+    try:
+        job = json.loads(raw)
+    except ValueError:
+        return json.dumps({"class": "", "message": "", "backtrace": None})
+    return json.dumps({"class": job.get("error_class", ""),
+                       "message": job.get("error_message", ""),
+                       "backtrace": job.get("error_backtrace")})

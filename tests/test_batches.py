@@ -1,0 +1,211 @@
+"""Batches, chains and groups (django_kiq.batches, django_kiq.canvas) on the real Redis.
+
+Callbacks record their runs in a ledger (tests/workflow_jobs.py), so "exactly once" is checked
+from outside django-kiq's own bookkeeping.
+"""
+
+import random
+import signal
+import time
+
+import pytest
+
+from django_kiq import api, batch, chain, group
+from django_kiq.batches import BatchStatus
+from tests import workflow_jobs as wj
+from tests.conftest import wait_for
+
+ENV = {"KIQ_IMPORTS": "tests.jobs,tests.workflow_jobs", "KIQ_PROCESS_TTL": "3",
+       "KIQ_HEARTBEAT_INTERVAL": "0.5"}
+
+
+def _ledger(redis_client):
+    return {k.decode(): int(v) for k, v in redis_client.hgetall("test:ledger").items()}
+
+
+def _runs(redis_client, token):
+    return int(redis_client.hget("test:runs", token) or 0)
+
+
+def _start(worker_factory, *args, **env):
+    return worker_factory(*args, env={**ENV, **env})
+
+
+# -- shape and fail-fast ----------------------------------------------------------------------
+
+def test_signatures_are_validated_like_enqueue():
+    sig = wj.work.s("a", seconds=0)
+    assert (sig.name, sig.args, sig.kwargs) == ("tests.workflow_jobs.work", ("a",), {"seconds": 0})
+    assert sig.set(queue="critical").options == {"queue": "critical"}
+    with pytest.raises(TypeError, match="JSON-native"):
+        wj.work.s(object())
+    with pytest.raises(TypeError, match="unknown option"):
+        sig.set(colour="blue")
+    with pytest.raises(TypeError, match="signature"):
+        batch(on_success=wj.ledger)
+
+
+def test_jobs_enqueued_in_the_block_join_the_batch_atomically(redis_client):
+    with batch(description="three", on_success=wj.ledger.s("s")) as b:
+        jids = [wj.work.enqueue(f"t{i}") for i in range(3)]
+        wj.work.enqueue_in(60, "later")
+    outside = wj.work.enqueue("outside")
+    status = api.Batch(b.bid)
+    assert (status.description, status.total, status.pending, status.sealed) == (
+        "three", 4, 4, True)
+    assert set(jids) < set(status.pending_jids())
+    assert outside not in status.pending_jids()
+    queued = api.Queue("default").find(jids[0])
+    assert queued.fields["bid"] == b.bid
+
+
+# -- callbacks --------------------------------------------------------------------------------
+
+def test_success_and_complete_fire_once_after_the_last_job(redis_client, worker_factory):
+    with batch(on_success=wj.ledger.s("success"), on_complete=wj.ledger.s("complete"),
+               on_death=wj.ledger.s("death")) as b:
+        for i in range(20):
+            wj.work.enqueue(f"j{i}")
+    _start(worker_factory, "-c", "4")
+    wait_for(lambda: _ledger(redis_client).get("success"), timeout=20)
+    time.sleep(1.0)
+    assert _ledger(redis_client) == {"success": 1, "complete": 1}
+    assert redis_client.hget("test:ledger:bid", "success").decode() == b.bid
+    status = api.Batch(b.bid)
+    assert status.complete and status.succeeded and status.pending == 0
+    assert status.callbacks["success"]["fired_at"] is not None
+    assert 0 < redis_client.ttl(f"kiq:batch:{b.bid}") <= 30 * 24 * 3600
+
+
+def test_a_dead_job_fires_complete_and_death_once_never_success(redis_client, worker_factory):
+    with batch(on_success=wj.ledger.s("success"), on_complete=wj.ledger.s("complete"),
+               on_death=wj.ledger.s("death")) as b:
+        for i in range(5):
+            wj.work.enqueue(f"ok{i}")
+        wj.fail.set(dead=True).enqueue("bad")
+        wj.fail.set(retry=0).enqueue("bad2")  # retry=0 with dead=True: dead at once too
+    _start(worker_factory, "-c", "2")
+    wait_for(lambda: _ledger(redis_client).get("complete"), timeout=20)
+    time.sleep(1.0)
+    assert _ledger(redis_client) == {"complete": 1, "death": 1}
+    status = api.Batch(b.bid)
+    assert status.complete and not status.succeeded
+    assert (status.pending, status.failures, status.dead) == (2, 2, 2)
+
+
+def test_an_empty_batch_succeeds_when_sealed(redis_client, worker_factory):
+    with batch(on_success=wj.ledger.s("empty")):
+        pass
+    _start(worker_factory, "-c", "1")
+    wait_for(lambda: _ledger(redis_client).get("empty"), timeout=20)
+
+
+def test_a_job_adds_jobs_to_its_own_batch(redis_client, worker_factory):
+    with batch(on_success=wj.ledger.s("grown")) as b:
+        wj.spawn_more.enqueue("kid", 5)
+    _start(worker_factory, "-c", "2")
+    wait_for(lambda: _ledger(redis_client).get("grown"), timeout=20)
+    assert all(_runs(redis_client, f"kid-{i}") == 1 for i in range(5))
+    assert api.Batch(b.bid).total == 6
+
+
+def test_nested_batches_count_as_one_job_until_their_callbacks_ran(redis_client,
+                                                                    worker_factory):
+    with batch(description="outer", on_success=wj.ledger.s("outer")) as outer:
+        wj.work.enqueue("o1")
+        with batch(description="inner", on_success=wj.ledger.s("inner")) as inner:
+            wj.work.enqueue("i1", 0.3)
+            wj.work.enqueue("i2", 0.3)
+    assert api.Batch(inner.bid).parent == outer.bid
+    assert f"b:{inner.bid}" in api.Batch(outer.bid).pending_jids()
+    _start(worker_factory, "-c", "4")
+    wait_for(lambda: _ledger(redis_client).get("outer"), timeout=20)
+    at = {k.decode(): float(v) for k, v in redis_client.hgetall("test:ledger:at").items()}
+    assert at["inner"] <= at["outer"]  # the inner callback ran before the outer succeeded
+    assert _ledger(redis_client) == {"inner": 1, "outer": 1}
+    assert api.Batch(outer.bid).total == 3  # o1, the inner batch, the inner's callback
+
+
+# -- chains and groups ------------------------------------------------------------------------
+
+def test_a_chain_runs_in_order_passing_results(redis_client, worker_factory):
+    cid = chain(wj.step.s("", "a"), wj.step.s("b"), wj.step.s("c"), pass_result=True).enqueue()
+    _start(worker_factory, "-c", "4")
+    wait_for(lambda: redis_client.llen("test:order") == 3, timeout=20)
+    assert [x.decode() for x in redis_client.lrange("test:order", 0, -1)] == ["a", "b", "c"]
+    from django_kiq import canvas, results
+
+    final = results.get(canvas.step_jid(cid, 2)).wait(timeout=10)
+    assert final.value == "abc"
+
+
+def test_a_chain_stops_at_a_dead_step(redis_client, worker_factory):
+    cid = chain(wj.step.s("", "a"), wj.fail.s("boom"), wj.step.s("", "never")).enqueue()
+    _start(worker_factory, "-c", "2")
+    wait_for(lambda: _runs(redis_client, "boom") == 1, timeout=20)
+    time.sleep(1.5)
+    assert [x.decode() for x in redis_client.lrange("test:order", 0, -1)] == ["a"]
+    stopped = api.Batch(f"{cid}.1")
+    assert stopped.complete and not stopped.succeeded and stopped.dead == 1
+    assert not api.Batch(f"{cid}.2").exists
+
+
+def test_a_chords_callback_gets_every_result_in_order(redis_client, worker_factory):
+    bid = group(*[wj.double.s(i) for i in range(10)]).enqueue(
+        then=wj.collect.s(label="chord"), pass_results=True)
+    _start(worker_factory, "-c", "4")
+    wait_for(lambda: _ledger(redis_client).get("chord"), timeout=20)
+    assert redis_client.get("test:collected:chord").decode() == repr([2 * i for i in range(10)])
+    assert api.Batch(bid).succeeded
+
+
+def test_a_job_settled_twice_counts_once(store, redis_client):
+    """Two runs of one jid (recovered after it ran, before its settle was known) settle in
+    two steps: the second finds the jid gone from pending and changes nothing."""
+    from django_kiq import storage
+
+    with batch(on_success=wj.ledger.s("once")) as b:
+        jid = wj.work.enqueue("x")
+    raw = redis_client.lpop("queue:default")
+    redis_client.rpush("kiq:wip:p1", raw, raw)
+    mark = storage.BatchMark(bids=(b.bid,), member=jid, outcome="s", ttl=60)
+    assert store.settle("p1", [storage.Settle(kind="x", old=raw, batch=mark)]) == [1]
+    assert store.settle("p1", [storage.Settle(kind="x", old=raw, batch=mark)]) == [1]
+    assert redis_client.zcard("schedule") == 1  # the callback, pushed once
+    assert api.Batch(b.bid).succeeded
+
+
+# -- the proof: exactly once under SIGKILL --------------------------------------------------------
+
+def test_a_1000_job_batch_under_sigkill_fires_success_exactly_once(redis_client,
+                                                                    worker_factory):
+    with batch(description="chaos", on_success=wj.ledger.s("success"),
+               on_complete=wj.ledger.s("complete")) as b:
+        wj.work.enqueue_many([(f"c{i}", 0.04) for i in range(1000)])
+    env = {"KIQ_POISON_LIMIT": "100"}
+    steady = _start(worker_factory, "-c", "5", **env)
+    victim = _start(worker_factory, "-c", "5", **env)
+    kills = 0
+    deadline = time.monotonic() + 40
+    rng = random.Random(13)
+    while not _ledger(redis_client).get("success") and time.monotonic() < deadline:
+        time.sleep(rng.uniform(1.0, 2.0))
+        if _ledger(redis_client).get("success"):
+            break
+        victim.send(signal.SIGKILL)
+        victim.wait(5)
+        kills += 1
+        victim = _start(worker_factory, "-c", "5", **env)
+    wait_for(lambda: _ledger(redis_client).get("success"), timeout=5,
+             message=steady.output())
+    time.sleep(1.0)  # a second firing would be on its way by now
+    assert kills >= 3
+    assert _ledger(redis_client) == {"success": 1, "complete": 1}
+    runs = [int(v) for v in redis_client.hgetall("test:runs").values()]
+    assert len(runs) == 1000  # every job ran
+    starts = [int(v) for v in redis_client.hgetall("test:starts").values()]
+    assert max(starts) >= 2  # some were cut off by a kill and ran again after recovery
+    success_at = float(redis_client.hget("test:ledger:at", "success"))
+    status = api.Batch(b.bid)
+    assert status.succeeded and status.pending == 0 and status.total == 1000
+    assert status.succeeded_at <= success_at

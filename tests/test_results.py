@@ -1,0 +1,133 @@
+"""Job results and progress (django_kiq.results): on the real Redis, with worker subprocesses."""
+
+import threading
+import time
+
+import pytest
+
+from django_kiq import registry, results, workflows
+from django_kiq.conf import get_settings
+from django_kiq.storage import Storage
+from tests import workflow_jobs as wj
+from tests.conftest import wait_for
+
+ENV = {"KIQ_IMPORTS": "tests.jobs,tests.workflow_jobs", "KIQ_PROCESS_TTL": "3",
+       "KIQ_HEARTBEAT_INTERVAL": "0.5"}
+
+
+def test_result_ttl_is_validated_at_decoration():
+    with pytest.raises(ValueError, match="result_ttl"):
+        registry.validate_options({"result_ttl": 0}, where="t")
+    with pytest.raises(ValueError, match="result_ttl"):
+        registry.validate_options({"result_ttl": 1.5}, where="t")
+    assert wj.add.set(result_ttl=5).options.result_ttl == 5
+
+
+def test_status_mapping_is_pure():
+    assert workflows.status_of("done") == ("succeeded", True, "s")
+    assert workflows.status_of("retry") == ("retrying", False, "f")
+    assert workflows.status_of("dead") == ("failed", True, "d")
+    assert workflows.status_of("requeue") == ("queued", False, None)
+
+
+def test_no_result_and_no_cost_unless_asked(redis_client):
+    from tests import jobs
+
+    jid = jobs.record.enqueue("x")
+    assert results.get(jid) is None
+    assert not list(redis_client.scan_iter("kiq:result:*"))
+
+
+def test_a_result_is_queued_then_succeeded_with_its_value(redis_client, worker_factory):
+    jid = wj.add.enqueue(2, 3)
+    queued = results.get(jid)
+    assert queued.status == "queued" and queued.enqueued_at is not None
+    worker_factory("-c", "2", env=ENV)
+    done = queued.wait(timeout=20)
+    assert done.status == "succeeded" and done.value == 5 and done.attempt == 1
+    assert done.started_at <= done.finished_at
+    assert 0 < redis_client.ttl(f"kiq:result:{jid}") <= 600
+
+
+def test_a_failure_is_recorded_with_its_error(worker_factory):
+    jid = wj.explode.enqueue("boom")
+    worker_factory("-c", "1", env=ENV)
+    done = results.get(jid).wait(timeout=20)
+    assert done.status == "failed"
+    assert done.error["class"] == "ValueError" and "boom" in done.error["message"]
+
+
+def test_wait_blocks_without_polling_and_wakes_at_the_settle(monkeypatch, worker_factory):
+    jid = wj.with_progress.enqueue(1.0)
+    worker_factory("-c", "1", env=ENV)
+    running = wait_for(lambda: (r := results.get(jid)) and r.status == "running" and r,
+                       timeout=20)
+    progress = wait_for(lambda: results.get(jid).progress, timeout=5)
+    assert progress == 40
+    assert results.get(jid).progress_message == "imported 4,000 of 10,000 rows"
+    calls = []
+    for name in ("job_result", "wait_job_result"):
+        original = getattr(Storage, name)
+        monkeypatch.setattr(Storage, name, lambda self, *a, _o=original, _n=name, **k: (
+            calls.append(_n), _o(self, *a, **k))[1])
+    done = running.wait(timeout=20)
+    assert done.status == "succeeded" and done.value == "done"
+    # One blocking BLMOVE woken by the settle step, then one read: no polling loop.
+    assert calls == ["wait_job_result", "job_result"]
+
+
+def test_wait_times_out(store):
+    jid = wj.add.enqueue(1, 1)
+    with pytest.raises(TimeoutError):
+        results.get(jid).wait(timeout=0.2)
+
+
+def test_async_forms(worker_factory):
+    import asyncio
+
+    jid = wj.add.enqueue(20, 22)
+    worker_factory("-c", "1", env=ENV)
+
+    async def main():
+        found = await results.aget(jid)
+        return await found.await_(20)
+
+    assert asyncio.run(main()).value == 42
+
+
+def test_global_result_ttl_keeps_every_jobs_result(settings, redis_url, worker_factory):
+    from django.test import override_settings
+
+    from tests import jobs
+
+    with override_settings(KIQ={"REDIS_URL": redis_url, "RESULT_TTL": 60}):
+        assert get_settings().result_ttl == 60
+        jid = jobs.record.enqueue("g")
+        assert results.get(jid).status == "queued"
+    worker_factory("-c", "1", env={**ENV})
+    # The worker's own settings have no RESULT_TTL: it does not write the final record.
+    wait_for(lambda: results.get(jid) is not None, timeout=5)
+
+
+def test_admin_pages_show_batches_results_and_progress(admin_client, store,
+                                                       django_capture_on_commit_callbacks):
+    from django_kiq import api, batch
+    from django_kiq.records import _work_record
+
+    # In a transaction the pushes and the seal wait for the commit, in that order.
+    with django_capture_on_commit_callbacks(execute=True) as deferred:
+        with batch(description="admin view", on_success=wj.ledger.s("x")) as b:
+            jid = wj.add.enqueue(1, 2)
+        assert api.Batch(b.bid).total == 0
+    assert len(deferred) == 2 and api.Batch(b.bid).sealed
+    listing = admin_client.get("/admin/django_kiq/jobs/batches/")
+    assert listing.status_code == 200 and b"admin view" in listing.content
+    page = admin_client.get(f"/admin/django_kiq/jobs/batches/{b.bid}/")
+    assert page.status_code == 200 and jid.encode() in page.content
+    assert admin_client.get("/admin/django_kiq/jobs/batches/nope/").status_code == 404
+    queued = api.Queue("default").find(jid)
+    job_page = admin_client.get(f"/admin/django_kiq/jobs/queues/default/{jid}/")
+    assert queued is not None and b"kiq-result" in job_page.content
+    work = _work_record("p", "t", '{"queue":"default","payload":"{}","run_at":1,'
+                                  '"progress":40,"progress_message":"4 of 10"}')
+    assert (work.progress, work.progress_message) == (40, "4 of 10")
