@@ -48,6 +48,7 @@ class JobOptions:
     unique_key: Callable | None = None
     unique_conflict: str = "drop"
     iterable: bool = False
+    concurrency: int | None = None  # at most this many run at once, everywhere (docs/limits.md)
     # Workflows (docs/workflows.md): keep the job's status and return value this many seconds.
     result_ttl: int | None = None
 
@@ -146,6 +147,9 @@ def _validate_execution(options: dict[str, Any], where: str) -> None:
         raise TypeError(f"{where}: unique_until/unique_key/unique_conflict need unique_for")
     if not isinstance(options.get("iterable", False), bool):
         raise TypeError(f"{where}: iterable must be True or False")
+    size = options.get("concurrency")
+    if size is not None and (type(size) is not int or size < 1):
+        raise ValueError(f"{where}: concurrency must be a whole number >= 1, not {size!r}")
     ttl = options.get("result_ttl")
     if ttl is not None and (type(ttl) is not int or ttl < 1):
         raise ValueError(f"{where}: result_ttl must be a whole number of seconds >= 1, "

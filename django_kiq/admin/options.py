@@ -17,7 +17,7 @@ from django.http import HttpRequest
 from django.urls import path, register_converter
 
 from .converters import TextConverter
-from .views import busy, dashboard, job, metrics, periodic_page, queues, sets
+from .views import busy, dashboard, job, limits_page, metrics, periodic_page, queues, sets
 from .views import batches_page
 from .views.base import MANAGE_PERM, VIEW_PERM, kiq_view
 
@@ -63,6 +63,7 @@ class JobsAdmin(admin.ModelAdmin):
             path("job/<slug:slug>/<kiq_text:key>/", page(job.set_job), name="django_kiq_job"),
             path("periodic/", page(periodic_page.periodic, actions=True), name="django_kiq_periodic"),
             path("metrics/", page(metrics.metrics), name="django_kiq_metrics"),
+            path("limits/", page(limits_page.limits, actions=True), name="django_kiq_limits"),
             path("batches/", page(batches_page.batch_list), name="django_kiq_batches"),
             path("batches/<kiq_text:bid>/", page(batches_page.batch_detail, actions=True),
                  name="django_kiq_batch"),

@@ -112,6 +112,23 @@ class Keys:
         """STRING: the jid holding a unique job's lock, with a TTL (``@job(unique_for=...)``)."""
         return self._k(f"kiq:unique:{digest}")
 
+    # Flow control (docs/limits.md); limiter names hold no ":" (limit_rules.NAME).
+
+    def limit(self, name: str, part: str = "") -> str:
+        """A limiter's state, ``kiq:limit:<name>`` (a ZSET of leases or of acquisition times,
+        a HASH window and count, or a STRING: see limit_acquire.lua), or with ``part`` "meta"
+        its HASH of kind, size, span and counters."""
+        return self._k(f"kiq:limit:{name}:{part}" if part else f"kiq:limit:{name}")
+
+    @property
+    def limits(self) -> str:
+        """ZSET: limiter name -> when it was last used (ms): the admin's Limits page."""
+        return self._k("kiq:limits")
+
+    def limit_holds(self, identity: str) -> str:
+        """ZSET: limiter name -> latest expiry (ms) of the leases one process holds in it."""
+        return self._k(f"kiq:limits:held:{identity}")
+
     def cursor(self, jid: str) -> str:
         """HASH: an iterable job's last checkpoint (cursor JSON, items done, saved at)."""
         return self._k(f"kiq:cursor:{jid}")

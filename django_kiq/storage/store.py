@@ -23,6 +23,7 @@ from .keys import Keys
 from .batches import BatchMark, BatchOps, ResultWrite
 from .control import ControlOps
 from .cron_state import PeriodicOps
+from .limits import LimitOps
 from .results import ResultOps
 from .sets import SetOps
 
@@ -87,7 +88,7 @@ class Heartbeat:
     failed: int
 
 
-class Storage(SetOps, PeriodicOps, ResultOps, ControlOps, BatchOps):
+class Storage(SetOps, PeriodicOps, ResultOps, ControlOps, BatchOps, LimitOps):
     def __init__(self, client: redis.Redis, keys: Keys, *, dead_max_jobs: int = 10_000,
                  dead_timeout: float = 180 * 24 * 3600):
         self.client = client
@@ -107,6 +108,7 @@ class Storage(SetOps, PeriodicOps, ResultOps, ControlOps, BatchOps):
         self._register_result_scripts()
         self._register_control_scripts()
         self._register_batch_scripts()
+        self._register_limit_scripts()
 
     def dedicated(self) -> "Storage":
         """A Storage on one connection of its own, for a thread that sends a command at a time.

@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from .. import payload, retry
+from .. import limits, payload, retry
 from ..storage import TRANSIENT_ERRORS, Settle, Storage
 
 logger = logging.getLogger("django_kiq.fetcher")
@@ -231,6 +231,7 @@ def _recover(store: Storage, identity: str, *, poison_limit: int, now: float | N
         if flags is None:  # the owner came back to life
             return moved
         moved += sum(flags)
+    limits.release_dead_process(store, identity)  # its limiter slots come back now
     store.unregister(identity, guard=True)
     if moved:
         logger.warning("recovered %d in-progress job(s) of dead process %s", moved, identity)

@@ -27,7 +27,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from .. import __version__
+from .. import __version__, limits
 from ..conf import KiqSettings
 from ..stats import Counters, summarize
 from ..storage import TRANSIENT_ERRORS, Heartbeat, Storage
@@ -65,6 +65,7 @@ class Launcher:
         self.timeout = timeout
         self.tag = tag
         self.identity = make_identity()
+        limits.bind_process(self.identity)  # limiter leases name it, for orphan recovery
         self.started_at = time.time()
         self.counters = Counters()
         order = QueueOrder(queues, strict)

@@ -235,6 +235,9 @@ class Manager:
                           score=outcome.at, **workflow)
         if outcome.kind == "dead":
             return Settle(kind="d", old=outcome.raw, new=outcome.new, score=outcome.at, **ended)
+        if outcome.kind == "reschedule":  # met a full limiter (limits.py): back when it has room
+            return Settle(kind="z", old=outcome.raw, new=outcome.new, dest="schedule",
+                          score=outcome.at)
         if outcome.kind == "requeue":  # an iterable job paused at a checkpoint: resumes first
             return Settle(kind="q", old=outcome.raw, new=outcome.raw, dest=outcome.queue)
         if outcome.kind in ("cancelled", "expired"):

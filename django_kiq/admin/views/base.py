@@ -34,7 +34,7 @@ MANAGE_PERM = "django_kiq.manage_jobs"
 NAV = (
     ("dashboard", "Dashboard"), ("busy", "Busy"), ("queues", "Queues"), ("retries", "Retries"),
     ("scheduled", "Scheduled"), ("dead", "Dead"), ("periodic", "Periodic"), ("metrics", "Metrics"),
-    ("batches", "Batches"),
+    ("limits", "Limits"), ("batches", "Batches"),
 )
 
 
