@@ -396,7 +396,7 @@ def unknown_job_message(name: str) -> str:
     return (f"no job is registered as {name!r} in this worker. A worker registers its jobs "
             "once, at start-up, from the jobs.py and tasks.py modules of installed apps and the "
             "modules listed in KIQ['IMPORTS']: if the job was added or renamed since, restart "
-            "the worker (a future `kiq_worker --reload` will do it for you)")
+            "the worker, or run it with `kiq_worker --reload` while developing)")
 
 
 def _close_old_connections() -> None:

@@ -22,6 +22,7 @@ from django_kiq import __version__, periodic, storage, tasks
 from django_kiq.conf import get_settings
 from django_kiq.registry import QUEUE_NAME
 from django_kiq.worker.fetcher import parse_queue_args
+from django_kiq.worker import reloader
 from django_kiq.worker.launcher import Launcher
 from django_kiq.worker.loop import MAX_BACKOFF
 from django_kiq.worker.cron_ticker import CronTicker
@@ -43,11 +44,16 @@ class Command(BaseCommand):
         parser.add_argument("--timeout", type=float, default=None,
                             help="seconds to wait for running jobs on shutdown (default 25)")
         parser.add_argument("--tag", default=None, help="a label shown in the admin")
+        parser.add_argument("--reload", action="store_true",
+                            help="development: restart the worker (gracefully) when Python "
+                                 "files change, with Django's autoreloader")
         parser.add_argument("--exit-on-redis-error", action="store_true",
                             help="exit (status 1, one line) when Redis cannot be reached at "
                                  "start, instead of waiting for it")
 
     def handle(self, *args, **options) -> None:
+        if options["reload"] and not reloader.is_child():
+            sys.exit(reloader.supervise())  # the worker runs in a child, restarted on changes
         self._check_queue_names(options["queue"])
         self.check(tags=["django_kiq"])
         settings = get_settings()
@@ -76,10 +82,11 @@ class Command(BaseCommand):
                 store=launcher.store, identity=launcher.identity, settings=settings,
                 entries=entries)] if entries else []), store, exit_on_error)
         self.stdout.write(self._banner(launcher))
+        watcher = reloader.Watcher(launcher.request_stop).start() if options["reload"] else None
         code = launcher.run()
         # Tasks still running were cut off and pushed back: their results read READY again.
         tasks.release_interrupted()
-        sys.exit(code)
+        sys.exit(reloader.RESTART if watcher and watcher.changed else code)
 
     def _until_redis(self, attempt: Callable[[], T], store: storage.Storage,
                      exit_on_error: bool) -> T:
