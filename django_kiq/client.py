@@ -14,7 +14,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
@@ -24,35 +25,47 @@ from .conf import KiqSettings, get_settings
 from .exceptions import DuplicateJob, EnqueueError, PayloadTooLarge
 from .middleware import build_chain
 
+if TYPE_CHECKING:
+    from .registry import Job, JobOptions
+
 logger = logging.getLogger("django_kiq.client")
 
 _chain_lock = threading.Lock()
 _chains: dict[tuple, Callable] = {}
 
 
-def enqueue(job_obj, args: Sequence, kwargs: dict[str, Any]) -> str | None:
+def enqueue(job_obj: Job[..., Any], args: Sequence[Any],
+            kwargs: dict[str, Any]) -> str | None:
     return _submit(job_obj, [(tuple(args), dict(kwargs))], at=None)[0]
 
 
-def enqueue_many(job_obj, arg_list: Iterable[Sequence]) -> list[str | None]:
-    items = []
+def enqueue_many(job_obj: Job[..., Any], arg_list: Iterable[Sequence[Any]]) -> list[str | None]:
+    return _submit(job_obj, many_items(arg_list), at=None)
+
+
+def many_items(arg_list: Iterable[Sequence[Any]]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    items: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
     for i, item in enumerate(arg_list):
         if not isinstance(item, (tuple, list)):
             raise TypeError(f"enqueue_many item {i} is a {type(item).__name__}; "
                             "pass a tuple of positional arguments per job")
         items.append((tuple(item), {}))
-    return _submit(job_obj, items, at=None)
+    return items
 
 
-def enqueue_in(job_obj, delay: float | dt.timedelta, args: Sequence,
+def enqueue_in(job_obj: Job[..., Any], delay: float | dt.timedelta, args: Sequence[Any],
                kwargs: dict[str, Any]) -> str | None:
+    return _submit(job_obj, [(tuple(args), dict(kwargs))], at=time.time() + seconds_of(delay))[0]
+
+
+def seconds_of(delay: float | dt.timedelta) -> float:
     seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else delay
     if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
         raise TypeError(f"enqueue_in takes seconds or a timedelta, not {delay!r}")
-    return _submit(job_obj, [(tuple(args), dict(kwargs))], at=time.time() + seconds)[0]
+    return seconds
 
 
-def enqueue_at(job_obj, when: dt.datetime | float, args: Sequence,
+def enqueue_at(job_obj: Job[..., Any], when: dt.datetime | float, args: Sequence[Any],
                kwargs: dict[str, Any]) -> str | None:
     return _submit(job_obj, [(tuple(args), dict(kwargs))], at=to_epoch(when))[0]
 
@@ -68,8 +81,38 @@ def to_epoch(when: dt.datetime | float) -> float:
     raise TypeError(f"enqueue_at takes an aware datetime or epoch seconds, not {when!r}")
 
 
-def _submit(job_obj, items: list[tuple[tuple, dict]], at: float | None) -> list[str | None]:
-    settings = get_settings()
+def _submit(job_obj: Job[..., Any], items: list[tuple[tuple[Any, ...], dict[str, Any]]],
+            at: float | None) -> list[str | None]:
+    batch = build_batch(job_obj, items, at)
+    return batch.spread(submit_payloads(batch.jobs, raise_duplicates=batch.raise_duplicates))
+
+
+@dataclass(slots=True, kw_only=True)
+class Batch:
+    """The job hashes of one enqueue call, built and stamped, before the pipeline.
+
+    ``jobs`` are the hashes to submit; ``positions[i]`` is the caller's index of ``jobs[i]``
+    (a unique job given twice in one ``enqueue_many`` is kept once, the other gets None).
+    """
+
+    jobs: list[dict[str, Any]]
+    positions: list[int]
+    size: int
+    raise_duplicates: bool = False
+
+    def spread(self, jids: list[str | None]) -> list[str | None]:
+        """The pipeline's jids, one per item the caller passed."""
+        if len(self.positions) == self.size:
+            return jids
+        out: list[str | None] = [None] * self.size
+        for i, jid in zip(self.positions, jids):
+            out[i] = jid
+        return out
+
+
+def build_batch(job_obj: Job[..., Any], items: list[tuple[tuple[Any, ...], dict[str, Any]]],
+                at: float | None) -> Batch:
+    """Check arguments and build one job hash per item (sync and async enqueue share this)."""
     options = job_obj.options
     fields = options.payload_fields()
     now = time.time()
@@ -82,15 +125,14 @@ def _submit(job_obj, items: list[tuple[tuple, dict]], at: float | None) -> list[
             job["at"] = at
         jobs.append(job)
     if options.expires_in is not None or options.unique_for is not None:
-        return _submit_controlled(job_obj, options, items, jobs, settings, now)
-    return submit_payloads(jobs, settings)
+        return _controlled(job_obj, options, items, jobs, now)
+    return Batch(jobs=jobs, positions=list(range(len(jobs))), size=len(jobs))
 
 
-def _submit_controlled(job_obj, options, items: list[tuple[tuple, dict]],
-                       jobs: list[dict[str, Any]], settings: KiqSettings,
-                       now: float) -> list[str | None]:
+def _controlled(job_obj: Job[..., Any], options: JobOptions,
+                items: list[tuple[tuple[Any, ...], dict[str, Any]]],
+                jobs: list[dict[str, Any]], now: float) -> Batch:
     """Expiring and unique jobs: stamp their per-call fields, drop duplicates in the batch."""
-    out: list[str | None] = [None] * len(jobs)
     kept, positions, seen = [], [], set()
     for i, ((args, kwargs), job) in enumerate(zip(items, jobs)):
         start = job.get("at", now)
@@ -107,11 +149,8 @@ def _submit_controlled(job_obj, options, items: list[tuple[tuple, dict]],
             job["kiq_unique_for"] = options.unique_for
         kept.append(job)
         positions.append(i)
-    jids = submit_payloads(kept, settings,
-                           raise_duplicates=options.unique_conflict == "raise")
-    for i, jid in zip(positions, jids):
-        out[i] = jid
-    return out
+    return Batch(jobs=kept, positions=positions, size=len(jobs),
+                 raise_duplicates=options.unique_conflict == "raise")
 
 
 class Writer(Protocol):
@@ -154,24 +193,52 @@ def submit_payloads(jobs: list[dict[str, Any]], settings: KiqSettings | None = N
     """The one enqueue pipeline: client middleware -> size check -> on-commit -> a writer.
 
     Every way of enqueueing ends here (``@job`` calls, the django.tasks backend, cron runs
-    started by hand, the API). ``on_commit`` overrides ``KIQ["ENQUEUE_ON_COMMIT"]`` for these
-    jobs; ``writer`` replaces the Redis writer (the django.tasks backend writes a result record
-    with each job). In a ``KIQ["TESTING"]`` mode the mode's writer runs instead of any other.
-    Returns each job's jid, or None where middleware dropped it or, for a unique job, another
-    job holds its lock (``raise_duplicates`` raises :class:`DuplicateJob` instead). Deferred to
-    a commit, a duplicate can only be dropped (and logged) at the commit.
+    started by hand, the API; ``aclient.asubmit_payloads`` runs the same :func:`admit` step and
+    awaits the Redis writer instead of calling it). ``on_commit`` overrides
+    ``KIQ["ENQUEUE_ON_COMMIT"]`` for these jobs; ``writer`` replaces the Redis writer (the
+    django.tasks backend writes a result record with each job). In a ``KIQ["TESTING"]`` mode the
+    mode's writer runs instead of any other. Returns each job's jid, or None where middleware
+    dropped it or, for a unique job, another job holds its lock (``raise_duplicates`` raises
+    :class:`DuplicateJob` instead). Deferred to a commit, a duplicate can only be dropped (and
+    logged) at the commit.
     """
     settings = settings or get_settings()
     if settings.testing:
         writer = _test_writer(settings.testing)
     writer = writer or REDIS_WRITER
+    admitted = admit(jobs, settings, writer, on_commit=on_commit)
+    if admitted.pending:
+        refused = writer(admitted.accepted, settings)
+        if refused:
+            apply_refusals(admitted.accepted, refused, admitted.jids, raise_duplicates)
+    return admitted.jids
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Admitted:
+    """What :func:`admit` let through: ``accepted`` hashes, every job's jid (None if dropped),
+    and whether the caller must write them now (``pending``) or a commit will."""
+
+    accepted: list[dict[str, Any]]
+    jids: list[str | None]
+    pending: bool
+
+
+def admit(jobs: list[dict[str, Any]], settings: KiqSettings, writer: Writer, *,
+          on_commit: bool | None = None) -> Admitted:
+    """The pipeline up to the write: client middleware, the size check, on-commit deferral.
+
+    Inside ``transaction.atomic()`` on the calling thread's default connection (and with
+    ``KIQ["ENQUEUE_ON_COMMIT"]``, or ``on_commit=True``) the write is registered with
+    ``transaction.on_commit`` and ``pending`` is False; a too-large job fails here either way.
+    """
     chain = client_chain(settings)
     # Middleware may return a new dict rather than the one it was given: pair results by position.
     results = [chain(job) for job in jobs]
     accepted = [j for j in results if j is not None]
     jids = [job["jid"] if job is not None else None for job in results]
     if not accepted:
-        return jids
+        return Admitted(accepted=accepted, jids=jids, pending=False)
     defer = settings.enqueue_on_commit if on_commit is None else on_commit
     defer = defer and transaction.get_connection().in_atomic_block
     if defer or not getattr(writer, "checks_size", False):  # a too-large job must fail here, not at commit time
@@ -179,15 +246,11 @@ def submit_payloads(jobs: list[dict[str, Any]], settings: KiqSettings | None = N
             check_size(job, settings)
     if defer:
         transaction.on_commit(lambda: writer(accepted, settings))
-        return jids
-    refused = writer(accepted, settings)
-    if refused:
-        _apply_refusals(accepted, refused, jids, raise_duplicates)
-    return jids
+    return Admitted(accepted=accepted, jids=jids, pending=not defer)
 
 
-def _apply_refusals(accepted: list[dict[str, Any]], refused: list[str | None],
-                    jids: list[str | None], raise_duplicates: bool) -> None:
+def apply_refusals(accepted: list[dict[str, Any]], refused: list[str | None],
+                   jids: list[str | None], raise_duplicates: bool) -> None:
     """Unique jobs the writer did not push (another job holds the lock): None, or raise."""
     for job, holder in zip(accepted, refused):
         if holder is None:
@@ -216,23 +279,58 @@ def check_size(job: dict[str, Any], settings: KiqSettings, raw: bytes | None = N
             "elsewhere and pass a reference")
 
 
-def encode_for_push(jobs: list[dict[str, Any]], settings: KiqSettings, now: float,
-                    ) -> tuple[list[tuple[str, bytes]], list[tuple[float, bytes]]]:
-    """(queue, payload) pairs due now and (at, payload) pairs for later; sizes checked."""
-    immediate, scheduled = [], []
+@dataclass(slots=True, kw_only=True)
+class Writes:
+    """The Redis writes of accepted jobs, encoded and size-checked (:func:`plan_writes`).
+
+    ``immediate``: (queue, payload) due now; ``scheduled``: (at, payload) for later;
+    ``unique``: unique jobs, each taking its lock and pushed in one step; ``unique_of[i]``: the
+    index in ``unique`` of job ``i``, or None for a plain job.
+    """
+
+    immediate: list[tuple[str, bytes]]
+    scheduled: list[tuple[float, bytes]]
+    unique: list[storage.UniquePush]
+    unique_of: list[int | None]
+
+    def refusals(self, jobs: list[dict[str, Any]],
+                 holders: list[str | None]) -> list[str | None] | None:
+        """None when every job was written; else per job the jid holding its lock, or None."""
+        if not self.unique:
+            return None
+        out = [None if i is None else holders[i] for i in self.unique_of]
+        for job, holder in zip(jobs, out):
+            if holder is not None:
+                logger.info("unique job %s (%s) not enqueued: %s holds its lock", job["class"],
+                            job["jid"], holder)
+        return out
+
+
+def plan_writes(jobs: list[dict[str, Any]], settings: KiqSettings, now: float) -> Writes:
+    """Encode each job for where it goes (sync and async writers share this)."""
+    writes = Writes(immediate=[], scheduled=[], unique=[], unique_of=[])
     for job in jobs:
-        at = job.get("at")
-        if at is not None and at > now:
-            # Like Sidekiq, the time lives in the score only: a member carrying "at" would be
-            # scheduled again by a Ruby poller's Client.push instead of reaching its queue.
-            raw = payload.encode(payload.for_schedule(job))
-            scheduled.append((at, raw))
-        else:
-            job = payload.ready_for_queue(job, now)
-            raw = payload.encode(job)
-            immediate.append((job["queue"], raw))
+        at: float | None = job.get("at")
+        scheduled = at is not None and at > now
+        # Like Sidekiq, the time lives in the score only: a member carrying "at" would be
+        # scheduled again by a Ruby poller's Client.push instead of reaching its queue.
+        ready = payload.for_schedule(job) if scheduled else payload.ready_for_queue(job, now)
+        raw = payload.encode(ready)
         check_size(job, settings, raw)
-    return immediate, scheduled
+        if "kiq_unique" in job:
+            delay = at - now if at is not None and scheduled else 0
+            ttl = unique.lock_ttl_ms(job["kiq_unique_for"], delay=delay)
+            writes.unique_of.append(len(writes.unique))
+            writes.unique.append(storage.UniquePush(
+                digest=job["kiq_unique"], jid=job["jid"], ttl_ms=ttl, raw=raw,
+                queue=ready["queue"], at=at if scheduled else None))
+            continue
+        writes.unique_of.append(None)
+        if at is not None and scheduled:
+            writes.scheduled.append((at, raw))
+        else:
+            writes.immediate.append((ready["queue"], raw))
+    return writes
 
 
 def push_now(jobs: list[dict[str, Any]],
@@ -244,52 +342,24 @@ def push_now(jobs: list[dict[str, Any]],
     """
     settings = settings or get_settings()
     store = storage.get_default()
-    now = time.time()
+    writes = plan_writes(jobs, settings, time.time())
     try:
-        if any("kiq_unique" in job for job in jobs):
-            return _push_unique(store, jobs, settings, now)
-        immediate, scheduled = encode_for_push(jobs, settings, now)
-        if immediate:
-            store.push(immediate)
-        if scheduled:
-            store.schedule(scheduled)
-        return None
+        if writes.immediate:
+            store.push(writes.immediate)
+        if writes.scheduled:
+            store.schedule(writes.scheduled)
+        holders = store.push_unique(writes.unique) if writes.unique else []
     except storage.RedisError as exc:
-        jids = ", ".join(j["jid"] for j in jobs[:5]) + (" ..." if len(jobs) > 5 else "")
-        logger.error("enqueue failed for %d job(s) (%s): %s", len(jobs), jids, exc)
-        raise EnqueueError(f"could not enqueue {len(jobs)} job(s) ({jids}): Redis error: {exc}",
-                           jid=jobs[0]["jid"]) from exc
+        raise enqueue_error(jobs, exc) from exc
+    return writes.refusals(jobs, holders)
 
 
-
-def _push_unique(store, jobs: list[dict[str, Any]], settings: KiqSettings,
-                 now: float) -> list[str | None]:
-    """Each unique job takes its lock and is pushed in one atomic step (plain ones as usual)."""
-    items, plain, where = [], [], []
-    for job in jobs:
-        if "kiq_unique" not in job:
-            plain.append(job)
-            where.append(None)
-            continue
-        at = job.get("at")
-        scheduled = at is not None and at > now
-        ready = payload.for_schedule(job) if scheduled else payload.ready_for_queue(job, now)
-        raw = payload.encode(ready)
-        check_size(job, settings, raw)
-        ttl = unique.lock_ttl_ms(job["kiq_unique_for"], delay=(at - now) if scheduled else 0)
-        items.append(storage.UniquePush(digest=job["kiq_unique"], jid=job["jid"], ttl_ms=ttl,
-                                        raw=raw, queue=ready["queue"],
-                                        at=at if scheduled else None))
-        where.append(len(items) - 1)
-    if plain:
-        push_now(plain, settings)
-    holders = store.push_unique(items) if items else []
-    out = [None if i is None else holders[i] for i in where]
-    for job, holder in zip(jobs, out):
-        if holder is not None:
-            logger.info("unique job %s (%s) not enqueued: %s holds its lock", job["class"],
-                        job["jid"], holder)
-    return out
+def enqueue_error(jobs: list[dict[str, Any]], exc: Exception) -> EnqueueError:
+    """The error a caller gets when Redis refused or failed a push (logged here)."""
+    jids = ", ".join(j["jid"] for j in jobs[:5]) + (" ..." if len(jobs) > 5 else "")
+    logger.error("enqueue failed for %d job(s) (%s): %s", len(jobs), jids, exc)
+    return EnqueueError(f"could not enqueue {len(jobs)} job(s) ({jids}): Redis error: {exc}",
+                        jid=jobs[0]["jid"])
 
 
 class RedisWriter:

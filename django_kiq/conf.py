@@ -48,6 +48,8 @@ class KiqSettings:
     redis_sentinel_options: dict = _setting({})
     namespace: str = _setting("")
     concurrency: int = _setting(5, minimum=1, number=int)
+    # Async jobs at once on the worker's event loop (docs/jobs.md "Async"); 0: on the threads.
+    async_concurrency: int = _setting(100, minimum=0, number=int)
     queues: tuple[str, ...] = _setting(["default"], as_tuple=True)
     timeout: float = _setting(25.0, minimum=0, number=_FLOAT)
     process_ttl: float = _setting(60.0, minimum=1, number=_FLOAT)

@@ -15,6 +15,7 @@ raised, so it can never surface in the worker's own code after the job returned.
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import threading
 import time
@@ -23,6 +24,10 @@ from typing import Any
 from .exceptions import JobCancelled, JobTimeout
 
 _local = threading.local()
+#: The job of an asyncio task on the worker's event loop (worker/aio.py): many jobs share that
+#: thread, each task sees its own (and code it runs through ``sync_to_async`` too).
+task_job: contextvars.ContextVar["CurrentJob | None"] = contextvars.ContextVar(
+    "kiq_task_job", default=None)
 # Two prototypes of one C function: setting takes an exception class, clearing takes NULL
 # (a py_object argument would pass None as Py_None, which is not "no exception").
 _set_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(
@@ -32,8 +37,9 @@ _clear_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void
 
 
 def current_job() -> "CurrentJob | None":
-    """The context of the job running in this thread, or None outside a job."""
-    return getattr(_local, "job", None)
+    """The context of the job running in this thread (or, for an async job on the worker's
+    event loop, in this task), or None outside a job."""
+    return task_job.get() or getattr(_local, "job", None)
 
 
 class CurrentJob:

@@ -13,13 +13,16 @@ import datetime as dt
 import inspect
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import (TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypedDict, TypeVar, Unpack,
+                    cast, overload)
 
 if TYPE_CHECKING:
     from .canvas import Signature
 
+P = ParamSpec("P")
+R = TypeVar("R")
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 
 _registry: dict[str, "JobDefinition"] = {}
@@ -243,8 +246,45 @@ def unregister(name: str) -> None:
         _registry.pop(name, None)
 
 
-class Job:
-    """What ``@job`` returns: still callable as the plain function, plus enqueue methods."""
+class SetOptions(TypedDict, total=False):
+    """The options ``Job.set()`` accepts (a type checker reports any other keyword)."""
+
+    queue: str
+    retry: bool | int
+    backtrace: bool | int
+    dead: bool
+    retry_queue: str | None
+    tags: Sequence[str]
+    timeout: float | None
+    expires_in: float | None
+    result_ttl: int | None
+
+
+class JobDecoratorOptions(SetOptions, total=False):
+    """The options ``@job(...)`` accepts: those of ``set()`` plus the registration-only ones."""
+
+    name: str
+    retry_in: Callable[..., Any] | None
+    on_exhausted: Callable[..., Any] | None
+    cron: str | None
+    timezone: str | None
+    unique_for: float | None
+    unique_until: Literal["success", "start"]
+    unique_key: Callable[..., str] | None
+    unique_conflict: Literal["drop", "raise"]
+    iterable: bool
+
+
+class Job(Generic[P, R]):
+    """What ``@job`` returns: still callable as the plain function, plus enqueue methods.
+
+    Generic in the function's parameters ``P`` and return type ``R``, so a type checker checks
+    ``enqueue(...)``, ``enqueue_in(delay, ...)``, ``aenqueue(...)`` and the rest against the
+    function's own signature, and ``job(...)`` called directly returns ``R`` (a coroutine for an
+    ``async def`` job). A method that takes the job's arguments is typed ``*args: P.args,
+    **kwargs: P.kwargs``; its own parameters (``delay``, ``when``) are positional-only so they
+    never collide with a job parameter of the same name.
+    """
 
     def __init__(self, definition: JobDefinition, overrides: dict[str, Any] | None = None):
         self.definition = definition
@@ -265,54 +305,98 @@ class Job:
             return self.definition.options
         return dataclasses.replace(self.definition.options, **self._overrides)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.definition.func(*args, **kwargs)
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return cast(R, self.definition.func(*args, **kwargs))
 
     def __repr__(self) -> str:
         return f"<Job {self.name}>"
 
-    def set(self, **overrides: Any) -> "Job":
+    def set(self, **overrides: Unpack[SetOptions]) -> "Job[P, R]":
         """A copy with per-call options: ``job.set(queue="critical", retry=False).enqueue(...)``."""
-        unknown = set(overrides) - SET_OPTION_NAMES
+        options: dict[str, Any] = dict(overrides)
+        unknown = set(options) - SET_OPTION_NAMES
         if unknown:
             raise TypeError(f"{self.name}.set(): unknown option(s) {sorted(unknown)}; "
                             f"valid options are {sorted(SET_OPTION_NAMES)}")
-        validate_options(overrides, where=f"{self.name}.set()")
-        if "tags" in overrides:
-            overrides["tags"] = tuple(overrides["tags"])
-        return Job(self.definition, {**self._overrides, **overrides})
+        validate_options(options, where=f"{self.name}.set()")
+        if "tags" in options:
+            options["tags"] = tuple(options["tags"])
+        return Job(self.definition, {**self._overrides, **options})
 
-    def enqueue(self, *args: Any, **kwargs: Any) -> str:
+    # -- enqueueing (client.py); None when a middleware or a unique lock dropped the job ----------
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> str | None:
         from . import client
 
         return client.enqueue(self, args, kwargs)
 
-    delay = enqueue
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> str | None:
+        """The same as :meth:`enqueue` (Sidekiq's and Celery's name)."""
+        from . import client
 
-    def s(self, *args: Any, **kwargs: Any) -> "Signature":
+        return client.enqueue(self, args, kwargs)
+
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> "Signature":
         """A signature: this call described as data (``.set(...)``, ``.enqueue()``); chains,
         groups and batch callbacks take them. Arguments are checked now, as ``enqueue`` does."""
         from .canvas import Signature
 
         return Signature.of(self, args, kwargs)
 
-    def enqueue_in(self, delay: float | dt.timedelta, *args: Any, **kwargs: Any) -> str:
+    def enqueue_in(self, delay: float | dt.timedelta, /, *args: P.args,
+                   **kwargs: P.kwargs) -> str | None:
         from . import client
 
         return client.enqueue_in(self, delay, args, kwargs)
 
-    def enqueue_at(self, when: dt.datetime | float, *args: Any, **kwargs: Any) -> str:
+    def enqueue_at(self, when: dt.datetime | float, /, *args: P.args,
+                   **kwargs: P.kwargs) -> str | None:
         from . import client
 
         return client.enqueue_at(self, when, args, kwargs)
 
-    def enqueue_many(self, arg_list: Any) -> list[str]:
+    def enqueue_many(self, arg_list: Iterable[Sequence[Any]]) -> list[str | None]:
+        """One job per tuple of positional arguments, in one round trip (not checked against
+        ``P``: a type checker cannot spell "a tuple of P's positional arguments")."""
         from . import client
 
         return client.enqueue_many(self, arg_list)
 
+    # -- the same on redis-py's asyncio client (aclient.py) ------------------------------------
 
-def job(func: Callable | None = None, /, **options: Any):
+    async def aenqueue(self, *args: P.args, **kwargs: P.kwargs) -> str | None:
+        from . import aclient
+
+        return await aclient.aenqueue(self, args, kwargs)
+
+    async def aenqueue_in(self, delay: float | dt.timedelta, /, *args: P.args,
+                          **kwargs: P.kwargs) -> str | None:
+        from . import aclient
+
+        return await aclient.aenqueue_in(self, delay, args, kwargs)
+
+    async def aenqueue_at(self, when: dt.datetime | float, /, *args: P.args,
+                          **kwargs: P.kwargs) -> str | None:
+        from . import aclient
+
+        return await aclient.aenqueue_at(self, when, args, kwargs)
+
+    async def aenqueue_many(self, arg_list: Iterable[Sequence[Any]]) -> list[str | None]:
+        from . import aclient
+
+        return await aclient.aenqueue_many(self, arg_list)
+
+
+@overload
+def job(func: Callable[P, R], /) -> Job[P, R]: ...
+
+
+@overload
+def job(**options: Unpack[JobDecoratorOptions]) -> Callable[[Callable[P, R]], Job[P, R]]: ...
+
+
+def job(func: Callable[..., Any] | None = None, /,
+        **options: Any) -> Job[Any, Any] | Callable[[Callable[..., Any]], Job[Any, Any]]:
     """Register a module-level function as a job: ``@job`` or ``@job(queue=..., retry=...)``."""
     if func is not None:
         if options:
@@ -321,7 +405,7 @@ def job(func: Callable | None = None, /, **options: Any):
 
     validate_options(options, where="@job(...)")  # fail before the function is even defined
 
-    def decorate(f: Callable) -> Job:
+    def decorate(f: Callable[..., Any]) -> Job[Any, Any]:
         return Job(register(f, dict(options)))
 
     return decorate

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 
 from .batches import BatchMark, BatchPush, ResultWrite
@@ -49,3 +50,6 @@ def reset_default() -> None:
     global _default
     with _lock:
         _default = None
+    aio = sys.modules.get(f"{__name__}.aio")  # loaded by async enqueueing only
+    if aio is not None:
+        aio.reset_default()

@@ -34,6 +34,7 @@ from ..storage import TRANSIENT_ERRORS, Heartbeat, Storage
 from .fetcher import Fetcher, QueueOrder, recover_orphans
 from .loop import Backoff
 from .control import Control
+from .aio import runner_for
 from .manager import Manager
 from .processor import Processor
 from .scheduler import Poller
@@ -75,7 +76,8 @@ class Launcher:
         self.manager = Manager(
             store=store, fetcher=Fetcher(store.dedicated(), self.identity, order),
             processor=processor, concurrency=concurrency, queues=[name for name, _ in queues],
-            poison_limit=settings.poison_limit)
+            poison_limit=settings.poison_limit,
+            async_runner=runner_for(settings, processor=processor, control=self.control))
         self.poller = Poller(store=store, identity=self.identity, settings=settings)
         # Factories get the launcher (identity, store) and return objects with start()/stop().
         self.extra = [factory(self) for factory in (extra_threads or [])]

@@ -25,11 +25,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..storage import TRANSIENT_ERRORS, Settle, Storage
 from .fetcher import Fetcher, plan_cutoff, plan_requeue
 from .loop import Backoff
 from .processor import Outcome, Processor
+
+if TYPE_CHECKING:
+    from .aio import AsyncRunner
 
 logger = logging.getLogger("django_kiq.manager")
 PREFETCH_SECONDS = 0.005
@@ -38,8 +42,10 @@ MAX_PREFETCH_PER_THREAD = 4
 
 class Manager:
     def __init__(self, *, store: Storage, fetcher: Fetcher, processor: Processor,
-                 concurrency: int, queues: list[str], poison_limit: int = 3):
+                 concurrency: int, queues: list[str], poison_limit: int = 3,
+                 async_runner: AsyncRunner | None = None):
         self.store = store
+        self.async_runner = async_runner  # async jobs' event loop (worker/aio.py), if any
         self.fetcher = fetcher
         self.processor = processor
         self.concurrency = concurrency
@@ -69,6 +75,8 @@ class Manager:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.async_runner is not None:
+            self.async_runner.start(self._finish)
         for i in range(self.concurrency):
             self._processors.append(self._spawn(f"kiq-processor-{i}", self._process_loop))
         self._threads.append(self._spawn("kiq-fetcher", self._fetch_loop))
@@ -125,6 +133,8 @@ class Manager:
             self._cond.notify_all()
         for thread in self._threads:
             thread.join(timeout=2)
+        if self.async_runner is not None:  # its unfinished jobs stay in _running: pushed back
+            self.async_runner.stop()
         with self._cond:
             # One snapshot of both: a job finishing between an acknowledgement flush and a
             # look at what still runs was in neither, so it stayed in progress and ran again
@@ -275,7 +285,8 @@ class Manager:
             with self._cond:
                 acks, self._acks = self._acks, []
                 free = 0 if self._quiet.is_set() else (
-                    self.concurrency + self._prefetch() - len(self._running) - len(self._buffer))
+                    self.concurrency + self._prefetch() - len(self._running) - len(self._buffer)
+                    + (self.async_runner.room() if self.async_runner is not None else 0))
             if free <= 0 and not acks:
                 self._idle.clear()
                 self._wake.wait(timeout=1.0)
@@ -322,6 +333,8 @@ class Manager:
             return
         with self._cond:
             if not self._quiet.is_set():
+                if self.async_runner is not None:
+                    jobs = self._start_async(jobs)
                 self._buffer.extend(jobs)
                 self._cond.notify(len(jobs))
                 return
@@ -330,6 +343,18 @@ class Manager:
         # off), or stay in the in-progress list until PROCESS_TTL, counted as a recovery. Give
         # them back like quiet() does (the check is under the lock quiet() empties the buffer in).
         self._settle_retrying(plan_requeue(reversed(jobs)), deadline=time.monotonic() + 10)
+
+    def _start_async(self, jobs: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+        """Hand fetched async jobs to the event loop, as running jobs (caller holds the lock);
+        returns the others, for the processor threads."""
+        assert self.async_runner is not None
+        mine, others = self.async_runner.split(jobs)
+        for queue, raw in mine:
+            key = self.async_runner.submit(queue, raw)
+            self._running[key] = (queue, raw, time.time(), next(self._sequence))
+        if mine:
+            self._changes += 1
+        return others
 
     # -- queue waiters -------------------------------------------------------------------------
 

@@ -23,12 +23,12 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import close_old_connections
 from django.utils.module_loading import import_string
 
-from .. import limits, payload, registry, retry, unique
+from .. import payload, registry, retry, unique
 from ..conf import KiqSettings
 from ..exceptions import JobTimeout, MalformedPayload, UnknownJob
 from ..execution import CurrentJob
@@ -36,6 +36,9 @@ from ..middleware import build_chain
 from ..stats import Counters
 from . import database
 from .control import Control
+
+if TYPE_CHECKING:
+    from .aio import Awaited
 
 logger = logging.getLogger("django_kiq.job")
 
@@ -52,7 +55,8 @@ class JobContext:
     started: float = field(default_factory=time.monotonic)
     decision: retry.Decision | None = None
     current: CurrentJob | None = None  # what current_job() returns inside the job
-    reschedule: Any = None  # limit_rules.Reschedule: the job met a full limiter (limits.py)
+    # How an async job run on the worker's event loop ended (worker/aio.py's Awaited).
+    awaited: Awaited | None = None
     value: Any = None  # what the job returned (its result record keeps it: docs/workflows.md)
 
     @property
@@ -112,8 +116,7 @@ class Processor:
         self.error_handlers = [import_string(p) for p in settings.error_handlers]
         self.death_handlers = [import_string(p) for p in settings.death_handlers]
         self.chain = build_chain(settings.server_middleware, self._call,
-                                 builtins=[self._log, self._stats, self._retry,
-                                           limits.job_middleware])
+                                 builtins=[self._log, self._stats, self._retry])
 
     # -- entry point ---------------------------------------------------------------------------
 
@@ -127,6 +130,19 @@ class Processor:
             return self.last_resort(queue, raw, exc)
 
     def _process(self, queue: str, raw: bytes, thread: str) -> Outcome:
+        return self.resolve(self.admit(queue, raw, thread), raw)
+
+    def resolve(self, admitted: JobContext | Outcome, raw: bytes) -> Outcome:
+        """The outcome of what :meth:`admit` returned: the job run through the chain
+        (:meth:`complete`; an async job awaited on the event loop has run already and only its
+        end is replayed, see worker/aio.py), or the outcome of a job that did not start."""
+        if isinstance(admitted, JobContext):
+            return self.complete(admitted)
+        return admitted
+
+    def admit(self, queue: str, raw: bytes, thread: str) -> JobContext | Outcome:
+        """Decode a fetched job and check that it may start: its context, or the outcome of a
+        job that does not run (malformed, or cancelled or expired before it started)."""
         try:
             job = payload.decode(raw)
         except MalformedPayload as exc:
@@ -137,24 +153,34 @@ class Processor:
         if skipped is not None:
             return skipped
         ctx.current = self._current(ctx)
-        _close_old_connections()
-        depths = database.atomic_depths()
+        return ctx
+
+    def complete(self, ctx: JobContext) -> Outcome:
+        """Run an admitted job through the chain; its outcome.
+
+        An async job awaited on the worker's event loop (``ctx.awaited``, see worker/aio.py)
+        has already run: the chain replays its end, on the loop thread, which holds no
+        database connection to tidy.
+        """
+        assert ctx.current is not None
+        threaded = ctx.awaited is None
+        if threaded:
+            _close_old_connections()
+        depths = database.atomic_depths() if threaded else None
         try:
             ctx.value = self.chain(ctx)
         except BaseException as exc:  # noqa: BLE001 - SystemExit too: a failure like any
             if ctx.current.cancelled:
                 return self._ended(ctx, "cancelled")
             if isinstance(exc, _Checkpointed):
-                return Outcome(kind="requeue", raw=raw, queue=queue)
-            if ctx.reschedule is not None:  # met a full limiter: back when it has room
-                return Outcome(kind="reschedule", raw=ctx.raw, at=ctx.reschedule.at,
-                               new=payload.encode(payload.for_schedule(ctx.reschedule.job)))
+                return Outcome(kind="requeue", raw=ctx.raw, queue=ctx.queue)
             if ctx.decision is None:  # raised outside the retry middleware's reach
                 ctx.decision = self._decide(ctx, exc)
             return self._outcome(ctx)
         finally:
-            database.end_open_transactions(depths, jid=ctx.jid, name=ctx.display_name)
-            _close_old_connections()
+            if depths is not None:
+                database.end_open_transactions(depths, jid=ctx.jid, name=ctx.display_name)
+                _close_old_connections()
         if ctx.current.cancelled:  # it caught JobCancelled, cleaned up and returned
             return self._ended(ctx, "cancelled")
         return self._done(ctx)
@@ -251,7 +277,9 @@ class Processor:
         if ctx.definition is None:
             raise UnknownJob(unknown_job_message(ctx.name))
         current = ctx.current
-        if current is None:  # test modes call the chain without the worker's context
+        # Test modes call the chain without the worker's context; an async job awaited on the
+        # event loop was tracked there (worker/aio.py): here its end is only replayed.
+        if current is None or ctx.awaited is not None:
             return self._invoke(ctx)
         current.begin()
         if self.control is not None:
@@ -264,6 +292,8 @@ class Processor:
                 self.control.untrack(ctx.thread)
 
     def _invoke(self, ctx: JobContext) -> Any:
+        if ctx.awaited is not None:
+            return ctx.awaited.replay()
         func = ctx.definition.func
         kwargs = ctx.job.get("kwargs") or {}
         if ctx.definition.options.iterable and self.control is not None:
@@ -273,7 +303,7 @@ class Processor:
                 pass
             return None
         result = func(*ctx.job["args"], **kwargs)
-        if ctx.definition.is_async:
+        if ctx.definition.is_async:  # no event loop in this process (ASYNC_CONCURRENCY 0, tests)
             result = asyncio.run(result)
         return result
 
@@ -322,8 +352,6 @@ class Processor:
                                 f" by {ctx.current.cancelled_by}"
                                 if ctx.current.cancelled_by else "")
                     raise
-                if ctx.reschedule is not None:
-                    raise  # met a full limiter: limits.py logged the reschedule
                 logger.warning("fail jid=%s job=%s elapsed=%.3fs error=%s: %s", ctx.jid,
                                ctx.display_name, time.monotonic() - ctx.started,
                                type(exc).__name__, exc)
@@ -345,7 +373,6 @@ class Processor:
                 if ctx.current is not None and (ctx.current.cancelled or failed and isinstance(
                         sys.exc_info()[1], _Checkpointed)):
                     failed = False  # cancelled, or paused at a checkpoint: not a failure
-                failed = failed and ctx.reschedule is None  # rescheduled by a full limiter
                 self.counters.record(ctx.display_name, time.monotonic() - ctx.started, failed)
         return stats
 
@@ -357,8 +384,6 @@ class Processor:
                 current = ctx.current
                 if isinstance(exc, _Checkpointed) or (current is not None and current.cancelled):
                     raise  # not a failure: no retry decision, no handlers
-                if ctx.reschedule is not None:
-                    raise  # met a full limiter: rescheduled, not a failure (limits.py)
                 if isinstance(exc, JobTimeout) and current is not None and not exc.args[1:]:
                     exc.args = (current.timeout_message(),)
                 ctx.decision = self._decide(ctx, exc)

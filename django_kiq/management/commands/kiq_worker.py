@@ -47,6 +47,9 @@ class Command(BaseCommand):
         parser.add_argument("--reload", action="store_true",
                             help="development: restart the worker (gracefully) when Python "
                                  "files change, with Django's autoreloader")
+        parser.add_argument("--async-concurrency", type=int, default=None, metavar="N",
+                            help="async jobs run at once on the worker's event loop (default "
+                                 "KIQ['ASYNC_CONCURRENCY'] = 100; 0 runs them on the threads)")
         parser.add_argument("--exit-on-redis-error", action="store_true",
                             help="exit (status 1, one line) when Redis cannot be reached at "
                                  "start, instead of waiting for it")
@@ -57,6 +60,10 @@ class Command(BaseCommand):
         self._check_queue_names(options["queue"])
         self.check(tags=["django_kiq"])
         settings = get_settings()
+        if options["async_concurrency"] is not None:
+            if options["async_concurrency"] < 0:
+                raise CommandError("--async-concurrency must be at least 0")
+            settings = settings.replace(async_concurrency=options["async_concurrency"])
         try:
             queues, strict = parse_queue_args(options["queue"] or settings.queues)
         except ValueError as exc:
@@ -134,11 +141,13 @@ class Command(BaseCommand):
                                    "digits, '_', '.', '-'; at most 128 characters)")
 
     def _banner(self, launcher: Launcher) -> str:
+        runner = launcher.manager.async_runner
         queues = ", ".join(f"{n} (weight {w})" for n, w in launcher.queues)
         return (f"django-kiq {__version__} worker {launcher.identity}\n"
                 f"  redis:       {launcher.store.describe()}\n"
                 f"  queues:      {queues} ({'strict' if launcher.manager.fetcher.order.strict else 'weighted'})\n"
-                f"  concurrency: {launcher.concurrency}\n"
+                f"  concurrency: {launcher.concurrency}"
+                + (f" threads + {runner.concurrency} async\n" if runner else "\n") +
                 f"  timeout:     {launcher.timeout}s")
 
     @staticmethod
