@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from django.db import close_old_connections
 from django.utils.module_loading import import_string
 
-from .. import payload, registry, retry, unique
+from .. import limits, payload, registry, retry, unique
 from ..conf import KiqSettings
 from ..exceptions import JobTimeout, MalformedPayload, UnknownJob
 from ..execution import CurrentJob
@@ -55,6 +55,7 @@ class JobContext:
     started: float = field(default_factory=time.monotonic)
     decision: retry.Decision | None = None
     current: CurrentJob | None = None  # what current_job() returns inside the job
+    reschedule: Any = None  # limit_rules.Reschedule: the job met a full limiter (limits.py)
     # How an async job run on the worker's event loop ended (worker/aio.py's Awaited).
     awaited: Awaited | None = None
     value: Any = None  # what the job returned (its result record keeps it: docs/workflows.md)
@@ -116,7 +117,8 @@ class Processor:
         self.error_handlers = [import_string(p) for p in settings.error_handlers]
         self.death_handlers = [import_string(p) for p in settings.death_handlers]
         self.chain = build_chain(settings.server_middleware, self._call,
-                                 builtins=[self._log, self._stats, self._retry])
+                                 builtins=[self._log, self._stats, self._retry,
+                                           limits.job_middleware])
 
     # -- entry point ---------------------------------------------------------------------------
 
@@ -174,6 +176,9 @@ class Processor:
                 return self._ended(ctx, "cancelled")
             if isinstance(exc, _Checkpointed):
                 return Outcome(kind="requeue", raw=ctx.raw, queue=ctx.queue)
+            if ctx.reschedule is not None:  # met a full limiter: back when it has room
+                return Outcome(kind="reschedule", raw=ctx.raw, at=ctx.reschedule.at,
+                               new=payload.encode(payload.for_schedule(ctx.reschedule.job)))
             if ctx.decision is None:  # raised outside the retry middleware's reach
                 ctx.decision = self._decide(ctx, exc)
             return self._outcome(ctx)
@@ -352,6 +357,8 @@ class Processor:
                                 f" by {ctx.current.cancelled_by}"
                                 if ctx.current.cancelled_by else "")
                     raise
+                if ctx.reschedule is not None:
+                    raise  # met a full limiter: limits.py logged the reschedule
                 logger.warning("fail jid=%s job=%s elapsed=%.3fs error=%s: %s", ctx.jid,
                                ctx.display_name, time.monotonic() - ctx.started,
                                type(exc).__name__, exc)
@@ -373,6 +380,7 @@ class Processor:
                 if ctx.current is not None and (ctx.current.cancelled or failed and isinstance(
                         sys.exc_info()[1], _Checkpointed)):
                     failed = False  # cancelled, or paused at a checkpoint: not a failure
+                failed = failed and ctx.reschedule is None  # rescheduled by a full limiter
                 self.counters.record(ctx.display_name, time.monotonic() - ctx.started, failed)
         return stats
 
@@ -384,6 +392,8 @@ class Processor:
                 current = ctx.current
                 if isinstance(exc, _Checkpointed) or (current is not None and current.cancelled):
                     raise  # not a failure: no retry decision, no handlers
+                if ctx.reschedule is not None:
+                    raise  # met a full limiter: rescheduled, not a failure (limits.py)
                 if isinstance(exc, JobTimeout) and current is not None and not exc.args[1:]:
                     exc.args = (current.timeout_message(),)
                 ctx.decision = self._decide(ctx, exc)
