@@ -35,7 +35,7 @@ def check_settings(app_configs=None, **kwargs: Any) -> list:
                              hint=f"Valid keys: {', '.join(sorted(DEFAULTS))}."))
     raw = raw_settings()
     errors += (_check_numbers(raw) + _check_shapes(raw) + _check_periodic(raw)
-               + _check_sentinel(raw))
+               + _check_sentinel(raw) + _check_observability(raw))
     return errors
 
 
@@ -118,6 +118,24 @@ def _check_sentinel(raw: dict) -> list:
     if not isinstance(raw["REDIS_SENTINEL_OPTIONS"], dict):
         errors.append(_error("KIQ['REDIS_SENTINEL_OPTIONS'] must be a dict of connection "
                              "arguments for the sentinels.", 16))
+    return errors
+
+
+def _check_observability(raw: dict) -> list:
+    """Metrics, tracing and log format settings (docs/observability.md)."""
+    errors = []
+    port = raw["METRICS_PORT"]
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int)
+                             or not 0 < port < 65536):
+        errors.append(_error(f"KIQ['METRICS_PORT'] must be None or a TCP port (1-65535), not "
+                             f"{port!r}.", 25))
+    if not isinstance(raw["METRICS_TOKEN"], str):
+        errors.append(_error("KIQ['METRICS_TOKEN'] must be a string ('' for none).", 26))
+    if not isinstance(raw["OPENTELEMETRY"], bool):
+        errors.append(_error("KIQ['OPENTELEMETRY'] must be True or False.", 27))
+    if raw["LOG_FORMAT"] not in ("text", "json"):
+        errors.append(_error(f"KIQ['LOG_FORMAT'] must be 'text' or 'json', not "
+                             f"{raw['LOG_FORMAT']!r}.", 28))
     return errors
 
 

@@ -24,6 +24,7 @@ from . import payload, storage, unique
 from .conf import KiqSettings, get_settings
 from .exceptions import DuplicateJob, EnqueueError, PayloadTooLarge
 from .middleware import build_chain
+from .observability import client_middleware as builtin_client_middleware
 
 if TYPE_CHECKING:
     from .registry import Job, JobOptions
@@ -262,11 +263,12 @@ def apply_refusals(accepted: list[dict[str, Any]], refused: list[str | None],
 
 
 def client_chain(settings: KiqSettings) -> Callable:
-    key = settings.client_middleware
+    key = (settings.client_middleware, settings.opentelemetry)
     chain = _chains.get(key)
     if chain is None:
-        with _chain_lock:
-            chain = _chains[key] = build_chain(settings.client_middleware, lambda job: job)
+        with _chain_lock:  # built-ins first (outermost): the tracing span, when on
+            chain = _chains[key] = build_chain(settings.client_middleware, lambda job: job,
+                                               builtins=builtin_client_middleware(settings))
     return chain
 
 

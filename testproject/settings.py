@@ -89,6 +89,8 @@ for _key in ("PROCESS_TTL", "HEARTBEAT_INTERVAL", "POISON_LIMIT", "CONCURRENCY",
     _value = _env_float(f"KIQ_{_key}")
     if _value is not None:
         KIQ[_key] = int(_value) if _key in ("POISON_LIMIT", "CONCURRENCY") else _value
+if os.environ.get("KIQ_LOG_FORMAT"):  # tests/test_logformat.py
+    KIQ["LOG_FORMAT"] = os.environ["KIQ_LOG_FORMAT"]
 # The demo's periodic job (docs/scheduling.md), listed on the admin's Periodic page. KIQ_PERIODIC
 # (a JSON list of entries) replaces it. The test suite, benchmarks and chaos runs name their own
 # job modules in KIQ_IMPORTS: their workers get no demo entry, whose runs would land among the

@@ -345,11 +345,6 @@ class SetOps:
         values = [int(v or 0) for v in self.client.mget(keys)]
         return list(zip(values[:len(days)], values[len(days):]))
 
-    def stat_totals(self, names: Sequence[str]) -> dict[str, int]:
-        """All-time counters ``stat:<name>`` (processed, failed, cancelled...), one MGET."""
-        values = self.client.mget([self.keys.stat(name) for name in names]) if names else []
-        return {name: _int(value) for name, value in zip(names, values)}
-
     # -- processes -----------------------------------------------------------------------------
 
     def process_states(self) -> list[tuple[str, dict[str, str], dict[str, str]]]:

@@ -33,6 +33,7 @@ from ..conf import KiqSettings
 from ..exceptions import JobTimeout, MalformedPayload, UnknownJob
 from ..execution import CurrentJob
 from ..middleware import build_chain
+from ..observability import worker_hooks
 from ..stats import Counters
 from . import database
 from .control import Control
@@ -116,8 +117,10 @@ class Processor:
         self.stopping = stopping  # True once the worker is stopping (iterable jobs yield)
         self.error_handlers = [import_string(p) for p in settings.error_handlers]
         self.death_handlers = [import_string(p) for p in settings.death_handlers]
+        hooks = worker_hooks(settings)  # tracing, metrics: none unless a setting asks
+        self.ended_hooks = hooks.ended
         self.chain = build_chain(settings.server_middleware, self._call,
-                                 builtins=[self._log, self._stats, self._retry,
+                                 builtins=[*hooks.middleware, self._log, self._stats, self._retry,
                                            limits.job_middleware])
 
     # -- entry point ---------------------------------------------------------------------------
@@ -196,13 +199,14 @@ class Processor:
         """Cancelled or expired before it started: dropped, counted, its lock released."""
         if self.control is not None and self.control.is_cancelled(ctx.jid):
             logger.info("cancelled jid=%s job=%s: dropped before it started", ctx.jid,
-                        ctx.display_name)
+                        ctx.display_name, extra=_fields(ctx, "cancelled"))
             return self._ended(ctx, "cancelled")
         expires_at = ctx.job.get("kiq_expires_at")
         if (isinstance(expires_at, (int, float)) and not isinstance(expires_at, bool)
                 and self.now() > expires_at):
             logger.info("expired jid=%s job=%s: not started within its expiry (%.1fs late)",
-                        ctx.jid, ctx.display_name, self.now() - expires_at)
+                        ctx.jid, ctx.display_name, self.now() - expires_at,
+                        extra=_fields(ctx, "expired"))
             return self._ended(ctx, "expired")
         if ctx.job.get("kiq_unique_until") == "start" and self.control is not None:
             lock = unique.lock_of(ctx.job)
@@ -227,6 +231,8 @@ class Processor:
 
     def _ended(self, ctx: JobContext, kind: str) -> Outcome:
         """Cancelled or expired: dropped, counted in stat:<kind>, lock and checkpoint ended."""
+        for hook in self.ended_hooks:  # metrics (observability), when on
+            hook(ctx, kind)
         return Outcome(kind=kind, raw=ctx.raw, unlock=unique.lock_of(ctx.job), jid=ctx.jid,
                        drop_cursor=bool(ctx.job.get("kiq_iterable")), count=kind)
 
@@ -347,25 +353,30 @@ class Processor:
         def log(ctx: JobContext) -> Any:
             verbose = logger.isEnabledFor(logging.INFO)
             if verbose:
-                logger.info("start jid=%s job=%s queue=%s", ctx.jid, ctx.display_name, ctx.queue)
+                logger.info("start jid=%s job=%s queue=%s", ctx.jid, ctx.display_name, ctx.queue,
+                            extra=_fields(ctx, None))
             try:
                 result = call_next(ctx)
             except BaseException as exc:  # noqa: BLE001 - logged, then re-raised
                 if ctx.current is not None and ctx.current.cancelled:
+                    elapsed = time.monotonic() - ctx.started
                     logger.info("cancelled jid=%s job=%s elapsed=%.3fs%s", ctx.jid,
-                                ctx.display_name, time.monotonic() - ctx.started,
-                                f" by {ctx.current.cancelled_by}"
-                                if ctx.current.cancelled_by else "")
+                                ctx.display_name, elapsed, f" by {ctx.current.cancelled_by}"
+                                if ctx.current.cancelled_by else "",
+                                extra=_fields(ctx, "cancelled", elapsed))
                     raise
                 if ctx.reschedule is not None:
                     raise  # met a full limiter: limits.py logged the reschedule
+                elapsed = time.monotonic() - ctx.started
                 logger.warning("fail jid=%s job=%s elapsed=%.3fs error=%s: %s", ctx.jid,
-                               ctx.display_name, time.monotonic() - ctx.started,
-                               type(exc).__name__, exc)
+                               ctx.display_name, elapsed, type(exc).__name__, exc,
+                               extra={**_fields(ctx, "fail", elapsed),
+                                      "error": type(exc).__name__})
                 raise
             if verbose:
+                elapsed = time.monotonic() - ctx.started
                 logger.info("done jid=%s job=%s elapsed=%.3fs", ctx.jid, ctx.display_name,
-                            time.monotonic() - ctx.started)
+                            elapsed, extra=_fields(ctx, "done", elapsed))
             return result
         return log
 
@@ -424,6 +435,12 @@ class _Checkpointed(BaseException):
 
     A BaseException so that a job's ``except Exception`` around its loop cannot swallow it.
     """
+
+
+def _fields(ctx: JobContext, outcome: str | None, elapsed: float | None = None) -> dict[str, Any]:
+    """Structured fields of a job's log line (``extra=``: the JSON log format writes them)."""
+    return {"jid": ctx.jid, "job": ctx.display_name, "queue": ctx.queue, "outcome": outcome,
+            "elapsed": None if elapsed is None else round(elapsed, 6)}
 
 
 def unknown_job_message(name: str) -> str:

@@ -19,7 +19,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
 from django_kiq import __version__, periodic, storage, tasks
-from django_kiq.conf import get_settings
+from django_kiq.conf import KiqSettings, get_settings
+from django_kiq.observability import logformat
 from django_kiq.registry import QUEUE_NAME
 from django_kiq.worker.fetcher import parse_queue_args
 from django_kiq.worker import reloader
@@ -53,13 +54,16 @@ class Command(BaseCommand):
         parser.add_argument("--exit-on-redis-error", action="store_true",
                             help="exit (status 1, one line) when Redis cannot be reached at "
                                  "start, instead of waiting for it")
+        parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                            help="serve Prometheus metrics on this port (default "
+                                 "KIQ['METRICS_PORT']; needs django-kiq[prometheus])")
 
     def handle(self, *args, **options) -> None:
         if options["reload"] and not reloader.is_child():
             sys.exit(reloader.supervise())  # the worker runs in a child, restarted on changes
         self._check_queue_names(options["queue"])
         self.check(tags=["django_kiq"])
-        settings = get_settings()
+        settings = self._with_metrics(get_settings(), options["metrics_port"])
         if options["async_concurrency"] is not None:
             if options["async_concurrency"] < 0:
                 raise CommandError("--async-concurrency must be at least 0")
@@ -75,6 +79,7 @@ class Command(BaseCommand):
             entries = periodic.entries(settings)
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from None
+        logformat.apply(settings.log_format)  # first: it may install the only handler
         self._configure_logging(options["verbosity"])
         store, exit_on_error = storage.get_default(), options["exit_on_redis_error"]
         self._until_redis(store.round_trip_us, store, exit_on_error)
@@ -89,6 +94,8 @@ class Command(BaseCommand):
                 store=launcher.store, identity=launcher.identity, settings=settings,
                 entries=entries)] if entries else []), store, exit_on_error)
         self.stdout.write(self._banner(launcher))
+        if settings.metrics_port is not None:
+            self._serve_metrics(launcher, settings.metrics_port)
         watcher = reloader.Watcher(launcher.request_stop).start() if options["reload"] else None
         code = launcher.run()
         # Tasks still running were cut off and pushed back: their results read READY again.
@@ -130,6 +137,30 @@ class Command(BaseCommand):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    @staticmethod
+    def _with_metrics(settings: KiqSettings, port: int | None) -> KiqSettings:
+        """``--metrics-port`` over ``KIQ["METRICS_PORT"]``; fails now without prometheus_client."""
+        port = settings.metrics_port if port is None else port
+        if port is None:
+            return settings
+        if not 0 < port < 65536:
+            raise CommandError(f"--metrics-port {port}: not a TCP port (1-65535)")
+        try:
+            from django_kiq.observability import prometheus  # noqa: F401 - the check
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from None
+        return settings.replace(metrics_port=port)
+
+    def _serve_metrics(self, launcher: Launcher, port: int) -> None:
+        from django_kiq.observability import prometheus
+
+        try:
+            prometheus.serve(port=port, busy=launcher.manager.busy,
+                             concurrency=launcher.concurrency, store=launcher.store)
+        except OSError as exc:
+            raise CommandError(f"--metrics-port {port}: cannot listen: {exc}") from None
+        self.stdout.write(f"  metrics:     http://0.0.0.0:{port}/metrics")
 
     @staticmethod
     def _check_queue_names(specs: list[str]) -> None:
