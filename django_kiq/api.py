@@ -21,7 +21,6 @@ from .cancellation import cancel
 from .controls import (Checkpoint, UniqueLock, checkpoint, expires_at_of, lock_pair,
                        lock_pair_of, timeout_of, unique_lock)
 from .batches import BatchStatus as Batch  # noqa: F401 - api.Batch(bid): a batch's status
-from .batches import BatchStatus as Batch  # noqa: F401 - api.Batch(bid): a batch's status
 from .exceptions import MalformedPayload
 from .limits import LimitRecord, records as limits, reset as reset_limit
 from .records import (DEFAULT_QUEUE, JobMetrics, JobRecord, ProcessRecord, QueueState,

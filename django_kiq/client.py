@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 
-from . import payload, storage, unique
+from . import batches, payload, storage, unique, workflows
 from .conf import KiqSettings, get_settings
 from .exceptions import DuplicateJob, EnqueueError, PayloadTooLarge
 from .middleware import build_chain
@@ -85,7 +85,10 @@ def to_epoch(when: dt.datetime | float) -> float:
 def _submit(job_obj: Job[..., Any], items: list[tuple[tuple[Any, ...], dict[str, Any]]],
             at: float | None) -> list[str | None]:
     batch = build_batch(job_obj, items, at)
-    return batch.spread(submit_payloads(batch.jobs, raise_duplicates=batch.raise_duplicates))
+    # Inside ``with batch():`` the jobs carry its id and its writer pushes them into it.
+    joined = batches.join_current(batch.jobs, job_obj.options)
+    return batch.spread(submit_payloads(batch.jobs, raise_duplicates=batch.raise_duplicates,
+                                        writer=joined))
 
 
 @dataclass(slots=True, kw_only=True)
@@ -351,6 +354,8 @@ def push_now(jobs: list[dict[str, Any]],
         if writes.scheduled:
             store.schedule(writes.scheduled)
         holders = store.push_unique(writes.unique) if writes.unique else []
+        if settings.result_ttl or "kiq_result_ttl" in jobs[0]:  # results: "queued" records
+            workflows.record_enqueued(store, jobs, settings, time.time())
     except storage.RedisError as exc:
         raise enqueue_error(jobs, exc) from exc
     return writes.refusals(jobs, holders)

@@ -72,15 +72,15 @@ class KiqSettings:
     # Execution control (docs/execution.md).
     default_timeout: float | None = _setting(None)
     checkpoint_interval: float = _setting(5.0, minimum=0.01, number=_FLOAT)
+    # Workflows (docs/workflows.md): results kept for every job (None: only result_ttl jobs),
+    # and how long a batch's data lives after it completed.
+    result_ttl: int | None = _setting(None)
+    batch_ttl: int = _setting(30 * 24 * 3600, minimum=1, number=int)
     # Observability (docs/observability.md): each is off until asked for.
     metrics_port: int | None = _setting(None)
     metrics_token: str = _setting("")
     opentelemetry: bool = _setting(False)
     log_format: str = _setting("text")
-    # Workflows (docs/workflows.md): results kept for every job (None: only result_ttl jobs),
-    # and how long a batch's data lives after it completed.
-    result_ttl: int | None = _setting(None)
-    batch_ttl: int = _setting(30 * 24 * 3600, minimum=1, number=int)
 
     def replace(self, **changes: Any) -> "KiqSettings":
         return dataclasses.replace(self, **changes)

@@ -111,9 +111,8 @@ class CurrentJob:
     def begin(self) -> None:
         """Enter the job on the calling thread (the one interruptions will be raised in)."""
         _local.job = self
-        with self._fence:
-            self.thread_id = threading.get_ident()
-            self._active = True
+        self.thread_id = threading.get_ident()
+        self._active = True  # no fence needed: until now interrupt() saw False and did nothing
 
     def finish(self) -> None:
         """Leave the job: no interruption can be set after this returns."""
