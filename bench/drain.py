@@ -27,7 +27,8 @@ def fill(job, n: int) -> None:
 
 
 def drain(ctx, job, n: int, *worker_args: str, tag: str, idle_after: bool = False,
-          count_round_trips: bool = False, attach: list[str] | None = None) -> dict:
+          count_round_trips: bool = False, attach: list[str] | None = None,
+          log_level: str = "WARNING") -> dict:
     """Fill the queue with ``n`` jobs, start one worker, wait until all are done.
 
     The rate is n / (last job done - first job started), both stamped by the jobs themselves.
@@ -38,7 +39,9 @@ def drain(ctx, job, n: int, *worker_args: str, tag: str, idle_after: bool = Fals
     target.reset()
     fill(job, n)
     before = target.commandstats()
-    env = {"BENCH_COUNT_ROUND_TRIPS": "1"} if count_round_trips else {}
+    env = {"KIQ_LOG_LEVEL": log_level}
+    if count_round_trips:
+        env["BENCH_COUNT_ROUND_TRIPS"] = "1"
     worker = KiqWorker(target.url, ctx.logdir, *worker_args, env=env, tag=tag)
     sampler = Sampler(worker.pid).start()
     watch = Watch(target, worker, n, tag, attach)

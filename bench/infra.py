@@ -175,6 +175,33 @@ class Sampler:
         return max((v for _, v in self.samples), default=0)
 
 
+class LoadSampler:
+    """Samples the machine's 1-minute load average (``os.getloadavg``) every second on a daemon
+    thread for the whole run; :meth:`peak` is the highest value since the last :meth:`mark`
+    (each scenario marks its start), so every figure carries the load it was measured under."""
+
+    def __init__(self, interval: float = 1.0):
+        self.interval = interval
+        self.samples: list[tuple[float, float]] = []
+        self.since = time.monotonic()
+
+    def start(self) -> "LoadSampler":
+        threading.Thread(target=self._loop, name="bench-load", daemon=True).start()
+        return self
+
+    def _loop(self) -> None:
+        while True:
+            self.samples.append((time.monotonic(), os.getloadavg()[0]))
+            time.sleep(self.interval)
+
+    def mark(self) -> None:
+        self.since = time.monotonic()
+
+    def peak(self) -> float:
+        recent = [load for t, load in self.samples if t >= self.since]
+        return round(max(recent, default=os.getloadavg()[0]), 2)
+
+
 class KiqWorker:
     """One ``manage.py kiq_worker`` subprocess with the benchmark's environment.
 

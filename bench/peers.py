@@ -1,39 +1,38 @@
 """``--peers``: scenarios 1-3 for Sidekiq and the Python peers, on the benchmark's own Redis.
 
-Two halves in one file:
+Everything it needs is in the repository (``bench/peer_harness.py``, ``bench/peer_apps/``,
+``bench/sidekiq_jobs.rb``, ``bench/plot.py``). Two halves in one file:
 
-- imported by ``bench/run.py`` (the project's virtualenv): :func:`run` finds the shared peers
-  harness (``../shared/bench/peers`` beside the repository, or ``$KIQ_PEERS_DIR``), makes sure
-  its virtualenv exists (``$PB_HOME``, default ``/tmp/kiq-peerbench``, built by the harness's own
-  ``setup.sh`` with the pinned versions: the peers never enter the project's dependencies), then
-  runs this file as a script with that virtualenv's Python and reads back its rows.
-- run as a script there (the driver): loads the harness's ``bench.py`` and calls its
-  ``test_enqueue``/``test_process`` (fill the queue, start the peer's worker under
-  ``/usr/bin/time -v``, poll ``pb:done``, sample the worker tree's RSS), after adding the
-  concurrency-50 configurations and a Sidekiq adapter (``bench/sidekiq_jobs.rb``).
+- imported by ``bench/run.py`` (the project's virtualenv): :func:`run` makes sure the peers'
+  virtualenv exists (``$KIQ_PEERS_HOME``, default ``<tmp>/kiq-peerbench-<python version>``:
+  ``python3 -m venv`` and pip with the pinned versions in :data:`PINNED`, plus matplotlib for the
+  plot; the peers never enter the project's dependencies), then runs this file as a script with
+  that virtualenv's Python and reads back its rows.
+- run as a script there (the driver): calls ``peer_harness.test_enqueue``/``test_process`` for
+  each peer, ``--reps`` times, and writes rows with the median, every repetition and the load.
 
-The harness FLUSHDBs db 0 of the Redis it is given before and after every run, which is why
-``--peers`` only runs against the private Redis ``run.py`` starts.
+Sidekiq comes from Debian's ``ruby-sidekiq`` (6.4.1); without ``sidekiq``/``ruby`` it is skipped
+with a note. The harness FLUSHDBs db 0 of the Redis it is given, which is why ``--peers`` only
+runs against the private Redis ``run.py`` starts.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib.util
-import io
 import json
 import os
 import shutil
+import statistics
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PB_HOME = Path(os.environ.get("PB_HOME", "/tmp/kiq-peerbench"))
-SIDEKIQ_RB = HERE / "sidekiq_jobs.rb"
+PINNED = ("rq==3.0.0", "celery[redis]==5.7.0", "dramatiq[redis]==2.2.1", "huey==3.5.4",
+          "redis==8.1.0", "hiredis==3.5.0", "matplotlib==3.10.7")
 ORDER = ("sidekiq", "dramatiq", "huey", "celery", "rq")
-# (configuration in the harness, jobs full run, jobs --quick); None: not run.
+# (configuration in peer_harness, jobs full run, jobs --quick)
 NOOP = {"sidekiq": ("c10", 20_000, 2_000), "dramatiq": ("p1t8", 20_000, 2_000),
         "huey": ("w1thread", 20_000, 2_000), "celery": ("prefork2", 10_000, 1_000),
         "rq": ("simple", 3_000, 300)}
@@ -44,44 +43,43 @@ IO = {10: {"sidekiq": "c10", "dramatiq": "p1t10", "huey": "w10thread", "celery":
 
 # -- the run.py side ---------------------------------------------------------------------------
 
-def shared_dir() -> Path:
-    root = HERE.parent
-    path = Path(os.environ.get("KIQ_PEERS_DIR") or root.parent / "shared" / "bench" / "peers")
-    if not (path / "bench.py").exists() or not (path / "setup.sh").exists():
-        raise SystemExit(
-            f"--peers needs the shared peers harness at {path} (bench.py, setup.sh, apps/); "
-            "it lives beside the repository as ../shared/bench/peers, or set KIQ_PEERS_DIR")
-    return path
+def home() -> Path:
+    default = Path(tempfile.gettempdir()) / f"kiq-peerbench-py{sys.version_info[0]}"
+    return Path(os.environ.get("KIQ_PEERS_HOME") or default)
 
 
-def ensure_venv(peers: Path, port: int) -> Path:
-    python = PB_HOME / "venv" / "bin" / "python"
-    probe = [str(python), "-c", "import rq, celery, dramatiq, huey, redis"]
-    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+def ensure_venv() -> Path:
+    """The peers' virtualenv's Python, created and filled with :data:`PINNED` on first use."""
+    venv = home() / "venv"
+    python = venv / "bin" / "python"
+    stamp = venv / "kiq-pinned.txt"
+    wanted = "\n".join(PINNED)
+    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
         return python
-    print(f"setting up the peers' virtualenv in {PB_HOME} (pip, a few minutes)...", flush=True)
-    # PB_REDIS_PORT points at our running Redis, so setup.sh starts no server of its own.
-    subprocess.run(["bash", str(peers / "setup.sh")], check=True,
-                   env={**os.environ, "PB_HOME": str(PB_HOME), "PB_REDIS_PORT": str(port)})
+    base = shutil.which("python3") or sys.executable
+    print(f"setting up the peers' virtualenv in {venv} (pip, a few minutes)...", flush=True)
+    subprocess.run([base, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *PINNED], check=True)
+    stamp.write_text(wanted)
     return python
 
 
-def run(ctx, port: int, scenario: str) -> list[str]:
+def run(ctx, port: int, scenario: str, log_level: str = "WARNING") -> list[str]:
     """Run the driver for one scenario (enqueue, noop or io); add its rows to ``ctx``.
 
     Returns the errors the driver reported (a peer that failed is skipped, not fatal).
     """
     from bench.scenarios import Result
 
-    peers = shared_dir()
-    python = ensure_venv(peers, port)
+    python = ensure_venv()
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as out:
         out_path = Path(out.name)
-    argv = [str(python), str(Path(__file__)), "--port", str(port), "--out", str(out_path),
+    argv = [str(python), str(Path(__file__)), "--out", str(out_path), "--logdir", str(ctx.logdir),
             "--only", scenario, "--reps", str(ctx.reps)] + (["--quick"] if ctx.quick else [])
     env = {k: v for k, v in os.environ.items()  # nothing of our Django project leaks in
-           if not k.startswith(("KIQ_", "DJANGO_"))}
-    env.update(KIQ_PEERS_DIR=str(peers), PB_HOME=str(PB_HOME))
+           if not k.startswith(("KIQ_", "DJANGO_", "PYTHON"))}
+    env.update(PB_REDIS_PORT=str(port), PB_LOG_LEVEL=log_level,
+               REDIS_URL=f"redis://127.0.0.1:{port}/0")
     proc = subprocess.run(argv, env=env)
     data = json.loads(out_path.read_text()) if out_path.stat().st_size else {}
     out_path.unlink(missing_ok=True)
@@ -100,86 +98,26 @@ def run(ctx, port: int, scenario: str) -> list[str]:
 
 # -- the driver (runs in the peers' virtualenv) -------------------------------------------------
 
-def load_harness(peers: Path, port: int, results: Path):
-    os.environ.update(PB_REDIS_PORT=str(port), PB_RESULTS=str(results),
-                      REDIS_URL=f"redis://127.0.0.1:{port}/0")
-    spec = importlib.util.spec_from_file_location("peer_bench", peers / "bench.py")
-    harness = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(harness)
-    extend(harness, peers)
-    return harness
-
-
-def extend(harness, peers: Path) -> None:
-    """Concurrency-50 configurations for the I/O test, and Sidekiq as one more adapter."""
-    adapters = harness.ADAPTERS
-    adapters["dramatiq"].configs["p1t50"] = dict(
-        argv=adapters["dramatiq"].D + ["--processes", "1", "--threads", "50"],
-        desc="dramatiq --processes 1 --threads 50")
-    adapters["huey"].configs["w50thread"] = dict(
-        argv=adapters["huey"].H + ["-w", "50", "-k", "thread"], desc="huey_consumer -w 50 -k thread")
-    adapters["celery"].configs["threads50"] = dict(
-        argv=adapters["celery"].C + ["--pool", "threads", "-c", "50"],
-        desc="celery worker --pool threads -c 50")
-    if shutil.which("sidekiq") and shutil.which("ruby"):
-        adapters["sidekiq"] = sidekiq_adapter(harness, peers)
-
-
-def sidekiq_adapter(harness, peers: Path):
-    env = {"KIQ_PEERS_DIR": str(peers)}
-
-    class Sidekiq(harness.Adapter):
-        name, pkg = "sidekiq", "sidekiq"
-        bulk_label = "Sidekiq::Client.push_bulk, 1,000 jobs per call"
-        configs = {f"c{c}": dict(argv=["sidekiq", "-r", str(SIDEKIQ_RB), "-c", str(c), "-q",
-                                       "default"], env=env,
-                                 desc=f"sidekiq -c {c} (one process{', default' if c == 10 else ''})")
-                   for c in (10, 50)}
-
-        def version(self) -> str:
-            return subprocess.run(["ruby", "-e", 'require "sidekiq"; print Sidekiq::VERSION'],
-                                  capture_output=True, text=True).stdout.strip() or "?"
-
-        def fill(self, task, n):
-            subprocess.run(["ruby", str(SIDEKIQ_RB), "fill", task, str(n)], check=True,
-                           env={**os.environ, **env})
-
-        def enqueue_rates(self, n: int) -> dict:
-            proc = subprocess.run(["ruby", str(SIDEKIQ_RB), "enqueue", str(n)], check=True,
-                                  capture_output=True, text=True, env={**os.environ, **env})
-            return json.loads(proc.stdout.strip().splitlines()[-1])
-
-    return Sidekiq()
-
-
-def median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
-
-
 class Driver:
-    def __init__(self, harness, results: Path, quick: bool, reps: int):
+    def __init__(self, harness, logdir: Path, quick: bool, reps: int):
         self.h = harness
-        self.results = results
+        self.logdir = logdir
         self.quick = quick
         self.reps = reps
-        self.seen = 0
+        self.level = harness.LOG_LEVEL
         self.rows: list[dict] = []
         self.raw: list[dict] = []
         self.errors: list[str] = []
         self.versions: dict[str, str] = {}
         self.notes: list[str] = []
 
-    def new_records(self) -> list[dict]:
-        lines = self.results.read_text().splitlines() if self.results.exists() else []
-        fresh, self.seen = lines[self.seen:], len(lines)
-        records = [json.loads(line) for line in fresh]
-        self.raw.extend(records)
-        return records
-
-    def row(self, scenario: str, system: str, value: float, unit: str, note: str,
-            higher_is_better: bool = True) -> None:
-        self.rows.append(dict(scenario=scenario, system=system, value=value, unit=unit,
-                              note=note, higher_is_better=higher_is_better))
+    def row(self, scenario: str, fw: str, runs: list[float], unit: str, note: str,
+            loads: list[float], higher_is_better: bool = True) -> None:
+        how = f"median of {len(runs)}" if len(runs) > 1 else "1 run"
+        self.rows.append(dict(scenario=scenario, system=self.label(fw),
+                              value=statistics.median(runs), unit=unit, note=f"{note}, {how}",
+                              higher_is_better=higher_is_better, runs=[round(r, 2) for r in runs],
+                              load=round(max(loads), 2) if loads else None))
 
     def label(self, fw: str) -> str:
         if fw not in self.versions:
@@ -189,77 +127,78 @@ class Driver:
     def enqueue(self, fw: str) -> None:
         n = 1_000 if self.quick else 10_000
         adapter = self.h.ADAPTERS[fw]
-        how = f"median of {self.reps}" if self.reps > 1 else "1 run"
-        if fw == "sidekiq":  # timed inside Ruby: no interpreter start-up in the number
-            runs = []
-            for _ in range(self.reps):
+        runs = []
+        for _ in range(self.reps):
+            if fw == "sidekiq":  # timed inside Ruby: no interpreter start-up in the number
                 self.h.flush()
-                runs.append(adapter.enqueue_rates(n))
-            self.h.flush()
-            self.raw.extend({"test": "enqueue", "fw": fw, **r} for r in runs)
-            self.row("1 enqueue: single", self.label(fw), median([r["single"] for r in runs]),
-                     "jobs/s", f"NoopJob.perform_async loop, n={n:,}, {how}")
-            self.row("1 enqueue: bulk", self.label(fw), median([r["bulk"] for r in runs]),
-                     "jobs/s", f"{adapter.bulk_label}, n={n:,}, {how}")
-            return
-        self.h.test_enqueue(fw, n, self.reps)
-        by_method: dict[str, list[float]] = {}
-        for rec in self.new_records():
-            by_method.setdefault(rec["method"], []).append(rec["rate"])
-        labels = {"single": ("1 enqueue: single", "single call loop"),
-                  "bulk": ("1 enqueue: bulk", adapter.bulk_label),
-                  "bulk2": ("1 enqueue: bulk", "apply_async loop sharing one producer")}
-        for method, rates in by_method.items():
-            scenario, what = labels[method]
-            self.row(scenario, self.label(fw), median(rates), "jobs/s", f"{what}, n={n:,}, {how}")
+                rates = adapter.enqueue_rates(n)
+                runs += [dict(method=m, rate=rates[m], load1=os.getloadavg()[0])
+                         for m in ("single", "bulk")]
+            else:
+                runs += self.h.test_enqueue(fw, n)
+        self.h.flush()
+        self.raw.extend({"test": "enqueue", "fw": fw, **r} for r in runs)
+        for method, scenario, what in (
+                ("single", "1 enqueue: single", "single call loop"),
+                ("bulk", "1 enqueue: bulk", adapter.bulk_label)):
+            picked = [r for r in runs if r["method"] == method]
+            self.row(scenario, fw, [r["rate"] for r in picked], "jobs/s", f"{what}, n={n:,}",
+                     [r["load1"] for r in picked])
 
     def process(self, fw: str, config: str, task: str, n: int, scenario: str,
                 ideal: float | None = None) -> None:
-        adapter = self.h.ADAPTERS[fw]
         expected = 200 if fw == "rq" else 400
-        self.h.test_process(fw, config, task, n, self.reps, 60 + n / expected)
-        records = self.new_records()
+        records = [self.h.test_process(fw, config, task, n, self.logdir, rep, 60 + n / expected)
+                   for rep in range(self.reps)]
+        self.raw.extend(records)
         good = [r for r in records if r.get("rate_steady")]
         self.errors.extend(f"{fw} {config} {task}: {r.get('error', 'no rate')}"
                            for r in records if not r.get("rate_steady"))
         if not good:
             return
-        rate = median([r["rate_steady"] for r in good])
-        how = f"median of {len(good)}" if len(good) > 1 else "1 run"
-        note = f"{adapter.configs[config]['desc']}, n={n:,}, {how}"
-        if ideal:
-            note += f"; efficiency {rate / ideal:.1%}"
-        self.row(scenario, self.label(fw), rate, "jobs/s", note)
+        rates = [r["rate_steady"] for r in good]
+        note = f"{good[0]['desc']}, n={n:,}"
         if task == "noop":
-            self.row("2 worker RSS: peak while draining", self.label(fw),
-                     max(r["peak_tree_rss_kb"] for r in good) / 1024, "MB",
-                     f"whole worker tree; {note}", higher_is_better=False)
+            note += f", {statistics.median(r['cpu_us_per_job'] for r in good):.1f} µs CPU/job"
+        if ideal:
+            note += f"; efficiency {statistics.median(rates) / ideal:.1%}"
+        loads = [r["load1"] for r in good]
+        self.row(scenario, fw, rates, "jobs/s", note, loads)
+        if task == "noop":
+            self.row(f"{scenario} CPU per job", fw, [r["cpu_us_per_job"] for r in good], "µs",
+                     note.split(",")[0], loads, higher_is_better=False)
+            if self.level == "WARNING":
+                self.row("2 worker RSS: peak while draining", fw,
+                         [r["peak_tree_rss_kb"] / 1024 for r in good], "MB",
+                         f"whole worker tree; {good[0]['desc']}", loads, higher_is_better=False)
 
-    def run(self, scenarios: list[str]) -> None:
-        fws = [fw for fw in ORDER if fw in self.h.ADAPTERS]
-        if "sidekiq" not in fws:
-            self.notes.append("sidekiq not run: `sidekiq`/`ruby` not found "
-                              "(apt-get install ruby-sidekiq)")
-        steps = []
-        for fw in fws:
+    def steps(self, scenarios: list[str]):
+        for fw in [fw for fw in ORDER if fw in self.h.ADAPTERS]:
             if "enqueue" in scenarios:
-                steps.append((fw, "enqueue", lambda fw=fw: self.enqueue(fw)))
+                yield fw, "enqueue", lambda fw=fw: self.enqueue(fw)
             if "noop" in scenarios and fw in NOOP:
                 config, full, quick = NOOP[fw]
-                steps.append((fw, "noop", lambda fw=fw, c=config, n=(quick if self.quick else full):
-                              self.process(fw, c, "noop", n, "2 no-op processing")))
+                name = "2 no-op processing" + ("" if self.level == "WARNING"
+                                               else f", {self.level} logging")
+                yield fw, "noop", lambda fw=fw, c=config, n=(quick if self.quick else full), \
+                    s=name: self.process(fw, c, "noop", n, s)
             if "io" in scenarios:
                 for conc, configs in IO.items():
                     if fw in configs:
                         n = 500 if self.quick else 5_000
-                        steps.append((fw, f"io-c{conc}", lambda fw=fw, c=configs[fw], n=n, k=conc:
-                                      self.process(fw, c, "sleep10", n,
-                                                   f"3 sleep 10 ms @ -c {k}", ideal=k / 0.010)))
-        for fw, what, step in steps:
-            print(f"  peers: {fw} {what}", flush=True)
+                        yield fw, f"io-c{conc}", lambda fw=fw, c=configs[fw], n=n, k=conc: \
+                            self.process(fw, c, "sleep10", n, f"3 sleep 10 ms @ -c {k}",
+                                         ideal=k / 0.010)
+
+    def run(self, scenarios: list[str]) -> None:
+        if not (shutil.which("sidekiq") and shutil.which("ruby")):
+            self.h.ADAPTERS.pop("sidekiq", None)
+            self.notes.append("sidekiq not run: `sidekiq`/`ruby` not found "
+                              "(apt-get install ruby-sidekiq)")
+        for fw, what, step in self.steps(scenarios):
+            print(f"  peers: {fw} {what} ({self.level})", flush=True)
             try:
-                with contextlib.redirect_stdout(io.StringIO()):  # the harness prints each record
-                    step()
+                step()
             except Exception as exc:  # noqa: BLE001 - one peer failing must not hide the rest
                 self.errors.append(f"{fw} {what}: {type(exc).__name__}: {exc}")
                 self.h.flush()
@@ -267,24 +206,23 @@ class Driver:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="peers driver (run by bench/run.py --peers)")
-    parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--logdir", required=True, type=Path)
     parser.add_argument("--only", default="enqueue,noop,io")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--reps", type=int, default=1)
     args = parser.parse_args()
-    peers = Path(os.environ["KIQ_PEERS_DIR"])
-    with tempfile.TemporaryDirectory(prefix="kiq-peers-") as tmp:
-        results = Path(tmp) / "results.jsonl"
-        harness = load_harness(peers, args.port, results)
-        driver = Driver(harness, results, args.quick, args.reps)
-        try:
-            driver.run(args.only.split(","))
-        finally:
-            versions = {fw: driver.label(fw) for fw in ORDER if fw in harness.ADAPTERS}
-            Path(args.out).write_text(json.dumps({"rows": driver.rows, "raw": driver.raw,
-                                                  "errors": driver.errors, "notes": driver.notes,
-                                                  "versions": versions}))
+    sys.path.insert(0, str(HERE))
+    import peer_harness as harness
+
+    driver = Driver(harness, args.logdir, args.quick, args.reps)
+    try:
+        driver.run(args.only.split(","))
+    finally:
+        versions = {fw: driver.label(fw) for fw in ORDER if fw in harness.ADAPTERS}
+        Path(args.out).write_text(json.dumps({"rows": driver.rows, "raw": driver.raw,
+                                              "errors": driver.errors, "notes": driver.notes,
+                                              "versions": versions}))
 
 
 if __name__ == "__main__":

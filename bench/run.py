@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -55,8 +56,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "the median; 3 for published numbers")
     parser.add_argument("--profile", metavar="DIR", type=Path,
                         help="also profile a no-op drain with py-spy; raw stacks go to DIR")
+    parser.add_argument("--log-levels", metavar="LEVELS", default="WARNING",
+                        help="the no-op drain (ours and the peers') at each of these log levels, "
+                             "e.g. WARNING,INFO (default WARNING)")
+    parser.add_argument("--plot", metavar="PNG", type=Path,
+                        help="draw throughput per system (matplotlib, in the peers' virtualenv)")
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
+    args.log_levels = tuple(x.strip().upper() for x in args.log_levels.split(",") if x.strip())
+    if set(args.log_levels) - {"WARNING", "INFO", "DEBUG"}:
+        parser.error("--log-levels: WARNING, INFO or DEBUG")
     unknown = set(args.only) - set(ORDER)
     if unknown:
         parser.error(f"unknown scenario(s) {sorted(unknown)}; choose from {', '.join(ORDER)}")
@@ -87,6 +96,13 @@ def fmt(value: float, unit: str) -> str:
     return f"{value:,.1f}" if unit == "MB" else f"{value:,.2f}"
 
 
+def spread(row) -> str:
+    """The lowest and highest of the repetitions behind a median, or nothing for one run."""
+    if len(row.runs) < 2:
+        return ""
+    return f"{fmt(min(row.runs), row.unit)}-{fmt(max(row.runs), row.unit)}"
+
+
 def advantage(row, rows) -> float | None:
     """How many times better django-kiq is than ``row`` in its scenario (>1: django-kiq wins)."""
     ours = next((r for r in rows if r.scenario == row.scenario and r.system == KIQ), None)
@@ -97,8 +113,8 @@ def advantage(row, rows) -> float | None:
 
 def table(rows) -> str:
     scenarios = sorted({r.scenario for r in rows}, key=lambda s: (s.split()[0], s))
-    lines = [f"{'scenario':<50} {'system':<22} {'value':>12} {'unit':<7} {'kiq vs this':>11}  note",
-             "-" * 126]
+    lines = [f"{'scenario':<50} {'system':<22} {'value':>12} {'unit':<7} {'kiq vs this':>11} "
+             f"{'spread':>17} {'load':>5}  note", "-" * 150]
     for scenario in scenarios:
         group = [r for r in rows if r.scenario == scenario]
         group.sort(key=lambda r: (r.system != KIQ, -r.value if r.higher_is_better else r.value))
@@ -106,7 +122,8 @@ def table(rows) -> str:
             ratio = advantage(r, rows)
             shown = f"{ratio:.2f}x" if ratio is not None and r.system != KIQ else ""
             lines.append(f"{r.scenario:<50} {r.system:<22} {fmt(r.value, r.unit):>12} "
-                         f"{r.unit:<7} {shown:>11}  {r.note}")
+                         f"{r.unit:<7} {shown:>11} {spread(r):>17} "
+                         f"{'' if r.load is None else f'{r.load:.1f}':>5}  {r.note}")
     return "\n".join(lines)
 
 
@@ -118,9 +135,11 @@ def run_all(args: argparse.Namespace, target: infra.RedisTarget, workdir: Path,
     from bench import scenarios
 
     ctx = scenarios.Context(target=target, logdir=workdir, quick=args.quick,
-                            profile_dir=args.profile, noop_n=args.noop_n, reps=args.reps)
+                            profile_dir=args.profile, noop_n=args.noop_n, reps=args.reps,
+                            log_levels=args.log_levels)
     for name in [n for n in ORDER if n in args.only]:
         started = time.monotonic()
+        ctx.load.mark()
         print(f"- {name} ...", flush=True)
         try:
             scenarios.SCENARIOS[name](ctx)
@@ -131,9 +150,10 @@ def run_all(args: argparse.Namespace, target: infra.RedisTarget, workdir: Path,
             # Right after ours, so a change in the machine's load hits both sides alike.
             from bench import peers
 
-            target.reset()
-            errors.extend(f"peers: {e}" for e in peers.run(ctx, target.port, name))
-            target.client.set(infra.CLAIM_KEY, target.token)  # the harness FLUSHDBed it
+            for level in (args.log_levels if name == "noop" else ("WARNING",)):
+                target.reset()
+                errors.extend(f"peers: {e}" for e in peers.run(ctx, target.port, name, level))
+                target.client.set(infra.CLAIM_KEY, target.token)  # the harness FLUSHDBed it
         print(f"  {name} took {time.monotonic() - started:.1f}s", flush=True)
     return ctx
 
@@ -156,12 +176,36 @@ def report(args: argparse.Namespace, machine: dict, ctx, errors: list[str]) -> N
             print(f"  {key}: " + "; ".join(f"{n} {p}%" for n, p in prof[key][:12]))
     for error in errors:
         print(f"ERROR {error}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({
+    load = [x for _, x in ctx.load.samples]
+    if load:
+        print(f"\nload average (1 min) during the run, sampled every second: min {min(load):.2f}, "
+              f"median {sorted(load)[len(load) // 2]:.2f}, max {max(load):.2f} "
+              f"on {machine['cores']} cores")
+    machine["load_during_run"] = {"min": round(min(load, default=0), 2),
+                                  "max": round(max(load, default=0), 2),
+                                  "samples": [round(x, 2) for x in load]}
+    if args.json or args.plot:
+        json_path = Path(args.json or ctx.logdir / "results.json")
+        json_path.write_text(json.dumps({
             "machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
             "results": [asdict(r) for r in ctx.results], "targets": goals,
             "details": ctx.details, "errors": errors}, indent=1, default=str))
-        print(f"\nJSON written to {args.json}")
+        if args.json:
+            print(f"\nJSON written to {args.json}")
+        if args.plot:
+            plot(json_path, args.plot, errors)
+
+
+def plot(json_path: Path, png: Path, errors: list[str]) -> None:
+    """bench/plot.py in the peers' virtualenv (matplotlib stays out of the project's)."""
+    from bench import peers
+
+    proc = subprocess.run([str(peers.ensure_venv()), str(ROOT / "bench" / "plot.py"),
+                           str(json_path), str(png)])
+    if proc.returncode:
+        errors.append(f"plot: bench/plot.py exited with {proc.returncode}")
+    else:
+        print(f"plot written to {png}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ import redis
 
 from bench import kiq_bench_jobs as jobs
 from bench.drain import drain
-from bench.infra import ROOT, KiqWorker, RedisTarget, rss_kb
+from bench.infra import ROOT, KiqWorker, LoadSampler, RedisTarget, rss_kb
 
 KIQ = "django-kiq"
 
@@ -36,6 +36,8 @@ class Result:
     unit: str
     higher_is_better: bool = True
     note: str = ""
+    runs: tuple[float, ...] | list[float] = ()  # every repetition (value is their median)
+    load: float | None = None  # the highest 1-minute load average sampled while it ran
 
 
 @dataclass(kw_only=True)
@@ -48,16 +50,24 @@ class Context:
     profile_dir: Path | None = None
     noop_n: int | None = None
     reps: int = 1
+    log_levels: tuple[str, ...] = ("WARNING",)
     results: list[Result] = field(default_factory=list)
     details: dict = field(default_factory=dict)
+    load: LoadSampler = field(default_factory=lambda: LoadSampler().start())
 
     def add(self, scenario: str, value: float, unit: str, *, system: str = KIQ,
-            higher_is_better: bool = True, note: str = "") -> None:
+            higher_is_better: bool = True, note: str = "", runs=()) -> None:
         self.results.append(Result(scenario=scenario, system=system, value=value, unit=unit,
-                                   higher_is_better=higher_is_better, note=note))
+                                   higher_is_better=higher_is_better, note=note,
+                                   runs=[round(r, 2) for r in runs], load=self.load.peak()))
 
     def size(self, quick: int, full: int) -> int:
         return quick if self.quick else full
+
+
+def level_label(scenario: str, level: str) -> str:
+    """Rows measured at a log level other than WARNING say so in their scenario name."""
+    return scenario if level == "WARNING" else f"{scenario}, {level} logging"
 
 
 def percentile(values: list[float], pct: int) -> float:
@@ -115,13 +125,14 @@ def enqueue(ctx: Context) -> None:
     bare.close()
     best = {label: statistics.median(values) for label, values in rates.items()}
     each = f"median of {reps}" if reps > 1 else "1 run"
-    ctx.add("1 enqueue: single", best["single"], "jobs/s",
+    ctx.add("1 enqueue: single", best["single"], "jobs/s", runs=rates["single"],
             note=f"job.enqueue(i) loop, n={n_single:,}, {each}; "
                  f"{best['single'] / best['lpush']:.0%} of the bare LPUSH loop")
     ctx.add("1 enqueue: single", best["lpush"], "jobs/s", system="redis-py LPUSH loop",
+            runs=rates["lpush"],
             note="the one-round-trip floor: same payload bytes, same Redis, "
                  f"alternating with the enqueue loop in blocks of {block}")
-    ctx.add("1 enqueue: bulk", best["many"], "jobs/s",
+    ctx.add("1 enqueue: bulk", best["many"], "jobs/s", runs=rates["many"],
             note=f"job.enqueue_many(), n={n_many:,}, {each}")
     ctx.details["enqueue"] = {"rates": rates, "n_single": n_single, "n_many": n_many,
                               "payload_bytes": len(raw)}
@@ -134,24 +145,33 @@ def repeated(ctx: Context, *args, **kwargs) -> tuple[dict, str]:
     runs = [drain(ctx, *args, **kwargs) for _ in range(ctx.reps)]
     median = sorted(runs, key=lambda r: r["rate"])[len(runs) // 2]
     median["rates"] = [round(r["rate"]) for r in runs]
+    median["cpu_us_runs"] = [r["cpu_us_per_job"] for r in runs]
     median["peak_rss_kb"] = max(r["peak_rss_kb"] for r in runs)
     return median, (f"median of {len(runs)}" if len(runs) > 1 else "1 run")
 
 
 def noop(ctx: Context) -> None:
     n = ctx.noop_n or ctx.size(10_000, 100_000)
-    run, how = repeated(ctx, jobs.noop, n, tag="noop", idle_after=True, count_round_trips=True)
-    ctx.details["noop"] = run
-    note = (f"n={n:,}, {how}, 1 process, default settings (-c 5); "
-            f"{run['cpu_us_per_job']} µs CPU/job; "
-            f"{run['round_trips_per_job']['total']} round trips/job")
-    if "problem" in run:
-        note += f"; PROBLEM: {run['problem']}"
-    ctx.add("2 no-op processing", run["rate"], "jobs/s", note=note)
-    ctx.add("2 worker RSS: peak while draining", run["peak_rss_kb"] / 1024, "MB",
-            higher_is_better=False, note=f"n={n:,}, VmRSS sampled every 100 ms")
-    ctx.add("2 worker RSS: idle after the run", run["idle_rss_after_kb"] / 1024, "MB",
-            higher_is_better=False, note="3 s after the last job")
+    for level in ctx.log_levels:
+        run, how = repeated(ctx, jobs.noop, n, tag=f"noop-{level.lower()}", log_level=level,
+                            idle_after=level == "WARNING", count_round_trips=True)
+        ctx.details["noop" if level == "WARNING" else f"noop-{level}"] = run
+        note = (f"n={n:,}, {how}, 1 process, default settings (-c 5), KIQ_LOG_LEVEL={level}; "
+                f"{run['round_trips_per_job']['total']} round trips/job")
+        if "problem" in run:
+            note += f"; PROBLEM: {run['problem']}"
+        scenario = level_label("2 no-op processing", level)
+        ctx.add(scenario, run["rate"], "jobs/s", note=note, runs=run["rates"])
+        cpu = [c for c in run["cpu_us_runs"] if c is not None]
+        if cpu:
+            ctx.add(f"{scenario} CPU per job", statistics.median(cpu), "µs", runs=cpu,
+                    higher_is_better=False, note="worker user+system time, first to last job")
+        if level != "WARNING":
+            continue
+        ctx.add("2 worker RSS: peak while draining", run["peak_rss_kb"] / 1024, "MB",
+                higher_is_better=False, note=f"n={n:,}, VmRSS sampled every 100 ms")
+        ctx.add("2 worker RSS: idle after the run", run["idle_rss_after_kb"] / 1024, "MB",
+                higher_is_better=False, note="3 s after the last job")
     if ctx.profile_dir:
         profile_noop(ctx, n)
 
@@ -184,7 +204,7 @@ def io(ctx: Context) -> None:
                             tag=f"io-c{concurrency}")
         ideal = concurrency / 0.010
         ctx.details["io"][concurrency] = run
-        ctx.add(f"3 sleep 10 ms @ -c {concurrency}", run["rate"], "jobs/s",
+        ctx.add(f"3 sleep 10 ms @ -c {concurrency}", run["rate"], "jobs/s", runs=run["rates"],
                 note=f"n={n:,}, {how}; ideal {ideal:,.0f}/s; "
                      f"efficiency {run['rate'] / ideal:.1%}")
 

@@ -1,21 +1,18 @@
 # Sidekiq's side of bench/run.py --peers (Debian's ruby-sidekiq 6.4.1), on $REDIS_URL.
 #
-# Loads the shared harness's NoopJob (../shared/bench/peers/apps/sidekiq_noop.rb, or
-# $KIQ_PEERS_DIR/apps/sidekiq_noop.rb) and makes it count completions the way every peer's job
-# does (apps/common.py): an in-process counter flushed with INCRBY pb:done every 5 ms by one
-# thread, so counting adds no round trip per job. Adds Sleep10Job (sleep 10 ms) for the I/O test.
-# Logging at WARN, like the Python peers (Sidekiq's job logger writes two INFO lines per job).
+# NoopJob and Sleep10Job count completions the way every peer's job does (bench/peer_apps/common.py):
+# an in-process counter flushed with INCRBY pb:done every 5 ms by one thread, so counting adds no
+# round trip per job. The log level is $PB_LOG_LEVEL (WARNING or INFO, like the Python peers; at
+# INFO Sidekiq's job logger writes two lines per job, its default).
 #
 #   sidekiq -r ./bench/sidekiq_jobs.rb -c 10 -q default   # the worker
 #   ruby bench/sidekiq_jobs.rb fill noop|sleep10 N         # push_bulk N jobs (1,000 per call)
 #   ruby bench/sidekiq_jobs.rb enqueue N                   # time perform_async x N, push_bulk of N
 require "json"
 require "sidekiq"
+Redis.silence_deprecations = true if Redis.respond_to?(:silence_deprecations=)
 
-peers = ENV["KIQ_PEERS_DIR"] || File.expand_path("../../shared/bench/peers", __dir__)
-require File.join(peers, "apps", "sidekiq_noop.rb")
-
-Sidekiq.logger.level = Logger::WARN
+Sidekiq.logger.level = ENV.fetch("PB_LOG_LEVEL", "WARNING").upcase == "INFO" ? Logger::INFO : Logger::WARN
 
 module PbCounter
   DONE_KEY = "pb:done"
@@ -40,13 +37,12 @@ module PbCounter
   end
 end
 
-module CountDone
-  def perform(*args)
-    super
+class NoopJob
+  include Sidekiq::Worker
+  def perform(x)
     PbCounter.mark
   end
 end
-NoopJob.prepend(CountDone)
 
 class Sleep10Job
   include Sidekiq::Worker

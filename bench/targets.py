@@ -61,6 +61,24 @@ def throughput(c: Checks) -> None:
                 lambda v, f=floor: v >= f, f"{eff or 0:.1%}")
 
 
+ROUND1_CPU_US = 58.7  # µs of CPU per no-op job in round 1's published run (docs/performance.md)
+
+
+def round2(c: Checks) -> None:
+    """Issue 16: logging at INFO cheap, the ratios round 1 missed, CPU per job cut by a third."""
+    for level, factor in (("WARNING", 3), ("INFO", 2)):
+        scenario = "2 no-op processing" + ("" if level == "WARNING" else f", {level} logging")
+        r = c.ratio(scenario, "sidekiq")
+        c.check(f"no-op >= {factor}x sidekiq, both at {level}", r,
+                lambda v, f=factor: v >= f, f"{r or 0:.2f}x")
+        cpu = c.value(f"{scenario} CPU per job")
+        c.check(f"CPU per no-op job at {level} <= 2/3 of round 1's {ROUND1_CPU_US} µs", cpu,
+                lambda v: v <= ROUND1_CPU_US * 2 / 3, f"{cpu or 0:.1f} µs")
+    r = c.ratio("1 enqueue: single", "redis-py LPUSH loop")
+    c.check("single enqueue >= 75% of a bare LPUSH loop (issue 16)", r, lambda v: v >= 0.75,
+            f"{r or 0:.0%}")
+
+
 def latency(c: Checks) -> None:
     for p, limit in ((50, 2.0), (99, 10.0)):
         v = c.value(f"4 pickup latency p{p}")
@@ -98,13 +116,13 @@ def admin(c: Checks) -> None:
 
 def targets(rows, details: dict, quick: bool) -> list[dict]:
     checks = Checks(rows, details, quick)
-    for group in (throughput, latency, memory, admin):
+    for group in (throughput, round2, latency, memory, admin):
         group(checks)
     return checks.out
 
 
 def print_targets(items: list[dict]) -> None:
-    print("\nissue-6 targets")
+    print("\ntargets (issues 6 and 16)")
     for t in items:
         mark = {True: "met", False: "NOT MET", None: "-"}[t["met"]]
         print(f"  {mark:<8} {t['target']:<66} {t['measured']}")
