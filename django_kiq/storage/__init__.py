@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 from .batches import BatchMark, BatchPush, ResultWrite
 from .control import Checkpoint, UniquePush
 from .keys import Keys
 from .store import TRANSIENT_ERRORS, Heartbeat, RedisError, Settle, Storage
+
+if TYPE_CHECKING:
+    from django_kiq.conf import KiqSettings
 
 __all__ = ["Keys", "Storage", "Settle", "Heartbeat", "TRANSIENT_ERRORS", "RedisError",
            "UniquePush", "Checkpoint", "BatchMark", "BatchPush", "ResultWrite",
@@ -22,7 +26,7 @@ _lock = threading.Lock()
 _default: Storage | None = None
 
 
-def from_settings(settings) -> Storage:
+def from_settings(settings: KiqSettings) -> Storage:
     from .connection import build_client
 
     client = build_client(settings.redis_url, settings.redis_cache_alias, settings.redis_options,

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from .base import StorageBase
+
 #: At most this many ancestors of a batch are tracked (nesting deeper is refused).
 MAX_DEPTH = 8
 
@@ -57,7 +59,7 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-class BatchOps:
+class BatchOps(StorageBase):
     def _register_batch_scripts(self) -> None:
         """Called by ``Storage.__init__``: register this mixin's Lua scripts."""
         self._batch = self._script("batch")
@@ -159,7 +161,8 @@ class BatchOps:
         pipe = self.client.pipeline(transaction=False)
         for jid, fields, ttl in items:
             key = self.keys.job_result(jid)
-            pipe.hset(key, mapping=dict(fields))
+            # redis-py's mapping key type is invariant: no dict[str, str] fits it
+            pipe.hset(key, mapping=dict(fields))  # type: ignore[arg-type]
             pipe.expire(key, max(1, int(ttl)))
         pipe.execute()
 
@@ -174,4 +177,6 @@ class BatchOps:
         and one that starts waiting after the job finished returns at once. No polling.
         """
         key = self.keys.job_result_done(jid)
-        return self.client.blmove(key, key, timeout, "RIGHT", "RIGHT") is not None
+        # redis-py types the timeout int; BLMOVE takes fractional seconds (Redis >= 6).
+        return self.client.blmove(key, key, timeout, "RIGHT",  # type: ignore[arg-type]
+                                  "RIGHT") is not None

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
+
+from .base import ScriptArg, StorageBase
 
 #: Recent cancellations kept in Redis, so a job cancelled while in flight is still dropped.
 CANCELLATIONS_KEPT = 10_000
@@ -36,7 +39,7 @@ class Checkpoint:
     saved_at: float
 
 
-class ControlOps:
+class ControlOps(StorageBase):
     def _register_control_scripts(self) -> None:
         """Called by ``Storage.__init__``: register this mixin's Lua scripts."""
         self._unique_push = self._script("unique_push")
@@ -55,7 +58,7 @@ class ControlOps:
             if item.at is None:
                 keys = [self.keys.unique(item.digest), self.keys.queues,
                         self.keys.queue(item.queue)]
-                args = ["q", item.jid, item.ttl_ms, item.raw, item.queue]
+                args: list[ScriptArg] = ["q", item.jid, item.ttl_ms, item.raw, item.queue]
             else:
                 keys = [self.keys.unique(item.digest), self.keys.queues, self.keys.schedule]
                 args = ["z", item.jid, item.ttl_ms, item.raw, repr(float(item.at))]
@@ -114,7 +117,8 @@ class ControlOps:
     def in_progress(self) -> list[bytes]:
         """Every job some process has taken and not finished (its in-progress list), live or
         dead (not recovered yet): small lists, read in one round trip after the registry."""
-        identities = [i.decode() for i in self.client.hkeys(self.keys.wip_registry)]
+        identities = [i.decode()
+                      for i in cast("list[bytes]", self.client.hkeys(self.keys.wip_registry))]
         if not identities:
             return []
         pipe = self.client.pipeline(transaction=False)
@@ -124,8 +128,9 @@ class ControlOps:
 
     def cancellations_since(self, seq: int, limit: int = 1000) -> tuple[int, list[tuple[str, str]]]:
         """Cancellations recorded after ``seq`` (-1: all kept): (last sequence seen, [(jid, who)])."""
-        rows = self.client.zrangebyscore(self.keys.cancellations, f"({seq}", "+inf",
-                                         start=0, num=limit, withscores=True)
+        rows = cast("list[tuple[bytes, float]]",
+                    self.client.zrangebyscore(self.keys.cancellations, f"({seq}", "+inf",
+                                              start=0, num=limit, withscores=True))
         last = seq
         out = []
         for member, score in rows:

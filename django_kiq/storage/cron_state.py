@@ -12,6 +12,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
+
+from .base import ScriptArg, StorageBase
 
 FIELD_KINDS = ("tick", "paused", "last_run", "last_jid")
 
@@ -34,7 +37,7 @@ class PeriodicState:
     last_jid: str | None = None
 
 
-class PeriodicOps:
+class PeriodicOps(StorageBase):
     def _register_periodic_scripts(self) -> None:
         """Called by ``Storage.__init__``: register this mixin's Lua scripts."""
         self._periodic_fire = self._script("periodic_fire")
@@ -48,8 +51,8 @@ class PeriodicOps:
         """
         k = self.keys
         keys = [k.periodic_tick(name, tick), k.periodic_state(), k.queue(queue), k.queues]
-        args = [identity, max(1, math.ceil(claim_ttl)), repr(float(tick)), queue, raw, jid,
-                repr(now), *(_field(kind, name) for kind in FIELD_KINDS)]
+        args: list[ScriptArg] = [identity, max(1, math.ceil(claim_ttl)), repr(float(tick)), queue,
+                                 raw, jid, repr(now), *(_field(kind, name) for kind in FIELD_KINDS)]
         return int(self._periodic_fire(keys=keys, args=args))
 
     def periodic_states(self, names: Sequence[str]) -> dict[str, PeriodicState]:
@@ -57,7 +60,7 @@ class PeriodicOps:
         if not names:
             return {}
         fields = [_field(kind, name) for name in names for kind in FIELD_KINDS]
-        values = self.client.hmget(self.keys.periodic_state(), fields)
+        values = cast("list[bytes | None]", self.client.hmget(self.keys.periodic_state(), fields))
         states = {}
         for i, name in enumerate(names):
             tick, paused, last_run, last_jid = values[i * 4:i * 4 + 4]

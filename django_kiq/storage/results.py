@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from .base import StorageBase
+
 # How many waiting jobs a priority push reads, at most, to find its place (task_enqueue.lua).
 PRIORITY_SCAN_LIMIT = 10_000
 
@@ -23,7 +25,7 @@ def _flat(fields: Mapping[str, str]) -> list[str]:
     return [item for pair in fields.items() for item in pair]
 
 
-class ResultOps:
+class ResultOps(StorageBase):
     def _register_result_scripts(self) -> None:
         """Called by ``Storage.__init__``: register this mixin's Lua scripts."""
         self._task_enqueue = self._script("task_enqueue")
@@ -65,7 +67,8 @@ class ResultOps:
         """Set fields of a record and refresh its TTL (one key: a MULTI is atomic enough)."""
         key = self.keys.task_result(result_id)
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(key, mapping=dict(fields))
+        # redis-py's mapping key type is invariant: no dict[str, str] fits it
+        pipe.hset(key, mapping=dict(fields))  # type: ignore[arg-type]
         pipe.expire(key, max(1, int(ttl)))
         pipe.execute()
 

@@ -15,12 +15,9 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import cast
 
-if TYPE_CHECKING:
-    import redis
-
-    from .keys import Keys
+from .base import StorageBase
 
 SIGNAL_TTL = 60  # a signal nobody picks up (the process is gone) does not linger
 # Snapshot attempts while queue/process names keep changing under it; the last read is used.
@@ -49,9 +46,7 @@ def _int(value: bytes | str | None) -> int:
         return 0
 
 
-class SetOps:
-    client: redis.Redis
-    keys: Keys
+class SetOps(StorageBase):
     dead_max_jobs: int
     dead_timeout: float
     release_unique: Callable[[Sequence[tuple[str, str]]], None]  # ControlOps
@@ -82,10 +77,10 @@ class SetOps:
 
     def queue_range(self, name: str, start: int, stop: int) -> list[bytes]:
         """LRANGE: index 0 is the newest job (the left end), -1 the next to run."""
-        return self.client.lrange(self.keys.queue(name), start, stop)
+        return cast("list[bytes]", self.client.lrange(self.keys.queue(name), start, stop))
 
     def queue_oldest(self, name: str) -> bytes | None:
-        return self.client.lindex(self.keys.queue(name), -1)
+        return cast("bytes | None", self.client.lindex(self.keys.queue(name), -1))
 
     def queue_remove(self, name: str, raw: bytes, lock: tuple[str, str] | None = None) -> int:
         """Remove one member; ``lock`` (digest, jid) is released with it if that jid holds it."""
@@ -117,19 +112,23 @@ class SetOps:
     def set_range(self, set_name: str, start: int, stop: int, *,
                   reverse: bool = False) -> list[tuple[bytes, float]]:
         """Members by rank (O(log n + count) at any offset), lowest score first unless reverse."""
-        return self.client.zrange(self.keys.sorted_set(set_name), start, stop, desc=reverse,
-                                  withscores=True)
+        return cast("list[tuple[bytes, float]]",
+                    self.client.zrange(self.keys.sorted_set(set_name), start, stop, desc=reverse,
+                                       withscores=True))
 
     def set_at_score(self, set_name: str, score: float, offset: int,
                      count: int) -> list[tuple[bytes, float]]:
         """Members whose score is exactly ``score``, paged."""
-        return self.client.zrange(self.keys.sorted_set(set_name), score, score, byscore=True,
-                                  offset=offset, num=count, withscores=True)
+        return cast("list[tuple[bytes, float]]",
+                    self.client.zrange(self.keys.sorted_set(set_name), score, score, byscore=True,
+                                       offset=offset, num=count, withscores=True))
 
     def set_scan(self, set_name: str, cursor: int, match: str,
                  count: int) -> tuple[int, list[tuple[bytes, float]]]:
         """One ZSCAN step; ``match`` is a Redis glob pattern, already escaped by the caller."""
-        return self.client.zscan(self.keys.sorted_set(set_name), cursor, match=match, count=count)
+        return cast("tuple[int, list[tuple[bytes, float]]]",
+                    self.client.zscan(self.keys.sorted_set(set_name), cursor, match=match,
+                                      count=count))
 
     def set_remove(self, set_name: str, raws: Sequence[bytes],
                    locks: Sequence[tuple[str, str] | None] = ()) -> int:
