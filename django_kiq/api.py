@@ -13,7 +13,7 @@ import builtins
 import dataclasses
 import datetime as dt
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import ClassVar
 
 from . import payload, storage
@@ -185,7 +185,7 @@ class Queue:
                            and decode_record(raw).jid == jid)
         return found and _queued(*found)
 
-    def _scan(self, match) -> tuple[bytes, int] | None:
+    def _scan(self, match: Callable[[bytes], bool]) -> tuple[bytes, int] | None:
         """(member, run-order position) of the first member ``match`` accepts, or None.
 
         Reads a page at a time from the newest end: consumers take from the other end, so

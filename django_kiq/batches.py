@@ -34,6 +34,8 @@ from .conf import KiqSettings, get_settings
 from .storage.batches import MAX_DEPTH
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
     from .canvas import Signature
 
 BID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -116,7 +118,9 @@ class Batch:
         self._token = _current.set(self)
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        assert self._token is not None  # __enter__ set it
         _current.reset(self._token)
         self._token = None
         if self._joined:
@@ -220,10 +224,11 @@ class BatchStatus:
         self.completed_at = _float(info.get("complete_at"))
         self.succeeded_at = _float(info.get("success_at"))
         self.died_at = _float(info.get("died_at"))
-        self.callbacks = {which: {"defined": f"cb_{which}" in info,
-                                  "fired_at": _float(info.get(f"fired_{which}")),
-                                  "jid": str(info.get(f"cbjid_{which}", "")) or None}
-                          for which in CALLBACKS}
+        self.callbacks: dict[str, dict[str, Any]] = {
+            which: {"defined": f"cb_{which}" in info,
+                    "fired_at": _float(info.get(f"fired_{which}")),
+                    "jid": str(info.get(f"cbjid_{which}", "")) or None}
+            for which in CALLBACKS}
 
     @property
     def complete(self) -> bool:

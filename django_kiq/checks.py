@@ -7,12 +7,16 @@ worker start-up, never on every ``manage.py`` command.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from django.core.checks import Error, Tags, Warning, register
 
 from .conf import DEFAULTS, NUMBERS, raw_settings
 from .registry import QUEUE_NAME, validate_cron
+
+if TYPE_CHECKING:
+    from django.apps import AppConfig
 
 LISTS = ("IMPORTS", "ERROR_HANDLERS", "DEATH_HANDLERS", "CLIENT_MIDDLEWARE", "SERVER_MIDDLEWARE")
 
@@ -22,7 +26,7 @@ def _error(msg: str, n: int, hint: str | None = None) -> Error:
 
 
 @register("django_kiq")
-def check_settings(app_configs=None, **kwargs: Any) -> list:
+def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list:
     from django.conf import settings
 
     user = getattr(settings, "KIQ", {})
@@ -82,6 +86,10 @@ def _check_shapes(raw: dict) -> list:
                                 or not 0 < timeout < float("inf")):
         errors.append(_error(f"KIQ['DEFAULT_TIMEOUT'] must be None or seconds > 0, not "
                              f"{timeout!r}.", 19))
+    ttl = raw["RESULT_TTL"]  # BATCH_TTL is a number setting: E003
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1):
+        errors.append(_error(f"KIQ['RESULT_TTL'] must be None or whole seconds >= 1, not "
+                             f"{ttl!r}.", 29, hint="docs/workflows.md"))
     return errors
 
 
@@ -140,7 +148,7 @@ def _check_observability(raw: dict) -> list:
 
 
 @register(Tags.database)
-def check_redis(app_configs=None, **kwargs: Any) -> list:
+def check_redis(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list:
     from . import storage
 
     try:

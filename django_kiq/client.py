@@ -163,12 +163,11 @@ class Writer(Protocol):
     Called with the jobs that survived client middleware, at once or at commit. A writer that
     encodes each job anyway says so with ``checks_size = True`` and checks the size as it
     encodes (so a job is encoded once); otherwise the pipeline checks sizes before calling it.
+    ``checks_size`` is optional (read with getattr: a plain function or a partial has none).
     """
 
-    checks_size: bool
-
     def __call__(self, jobs: list[dict[str, Any]],
-                 settings: KiqSettings) -> list[str | None] | None: ...
+                 settings: KiqSettings, /) -> list[str | None] | None: ...
 
 
 #: The writers of ``KIQ["TESTING"]`` modes, registered by ``django_kiq.testing`` on import.

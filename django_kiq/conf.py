@@ -97,7 +97,7 @@ SETTINGS: tuple[dataclasses.Field, ...] = dataclasses.fields(KiqSettings)
 #: Every valid ``KIQ`` key and its default, derived from :class:`KiqSettings`.
 DEFAULTS: dict[str, Any] = {f.name.upper(): _default_of(f) for f in SETTINGS}
 #: Number settings: key -> (accepted types, smallest valid value), for the system checks.
-NUMBERS: dict[str, tuple[type | tuple, float]] = {
+NUMBERS: dict[str, tuple[type[float] | tuple[type[float], ...], float]] = {
     f.name.upper(): (f.metadata["number"], f.metadata["minimum"])
     for f in SETTINGS if f.metadata["minimum"] is not None}
 
@@ -117,8 +117,8 @@ def raw_settings() -> dict[str, Any]:
 
 
 def _build(raw: dict[str, Any]) -> KiqSettings:
-    values = {f.name: (tuple(raw[f.name.upper()]) if f.metadata["as_tuple"]
-                       else raw[f.name.upper()]) for f in SETTINGS}
+    values: dict[str, Any] = {f.name: (tuple(raw[f.name.upper()]) if f.metadata["as_tuple"]
+                                       else raw[f.name.upper()]) for f in SETTINGS}
     return KiqSettings(**values)
 
 

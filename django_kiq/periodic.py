@@ -170,7 +170,8 @@ def _from_setting(i: int, raw: Any, default_zone: str) -> PeriodicEntry:
     if unknown:
         raise ImproperlyConfigured(f"{where}: unknown key(s) {sorted(unknown)}; valid keys are "
                                    f"{sorted(ENTRY_KEYS)}")
-    definition = registry.get(raw.get("job")) if isinstance(raw.get("job"), str) else None
+    job = raw.get("job")
+    definition = registry.get(job) if isinstance(job, str) else None
     if definition is None:
         close = difflib.get_close_matches(str(raw.get("job")), registry.names(), n=3)
         hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""

@@ -70,7 +70,8 @@ def decode_record(raw: bytes, score: float | None = None) -> JobRecord:
                          created_at=None, retry_count=None, error_class=None, error_message=None,
                          error_backtrace=None, failed_at=None, score=score, fields={}, raw=raw,
                          malformed=True, key=_entry_key(score, jid))
-    jid = job.get("jid") if isinstance(job.get("jid"), str) and job["jid"] else _standin_jid(raw)
+    found = job.get("jid")
+    jid = found if isinstance(found, str) and found else _standin_jid(raw)
     return JobRecord(
         jid=jid, name=job["class"], args=job["args"], kwargs=job.get("kwargs", {}),
         queue=_str(job.get("queue")) or DEFAULT_QUEUE, enqueued_at=_epoch(job.get("enqueued_at")),
@@ -233,7 +234,7 @@ def _work_record(identity: str, thread: str, value: str) -> WorkRecord:
 
 def _progress_of(entry: dict[str, Any]) -> dict[str, Any]:
     """A work entry's progress, if it reported one (read from Redis: junk reads as none)."""
-    pct = entry.get("progress")
+    pct: Any = entry.get("progress")
     if type(pct) not in (int, float) or not 0 <= pct <= 100:
         return {}
     return {"progress": pct, "progress_message": str(entry.get("progress_message") or "")[:200]}

@@ -159,7 +159,7 @@ def _validate_execution(options: dict[str, Any], where: str) -> None:
                          f"not {ttl!r}")
 
 
-def validate_cron(expression: str, timezone: str | None, *, where: str) -> None:
+def validate_cron(expression: object, timezone: str | None, *, where: str) -> None:
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     from .periodic import is_valid_cron

@@ -20,7 +20,7 @@ import random
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast
 
 logger = logging.getLogger("django_kiq.retry")
 ERROR_MESSAGE_LIMIT = 10_000
@@ -183,7 +183,7 @@ def unreadable(job: dict[str, Any], exc: BaseException, now: float, reason: str)
 
 
 def _custom_delay(retry_in: Callable | None, count: int, exc: BaseException,
-                  failed: dict[str, Any]) -> float | str | None:
+                  failed: dict[str, Any]) -> float | Literal["discard", "kill"] | None:
     """The job's own ``retry_in`` answer: seconds, "discard", "kill", or None for the default."""
     if retry_in is None:
         return None
@@ -194,7 +194,7 @@ def _custom_delay(retry_in: Callable | None, count: int, exc: BaseException,
                          failed.get("class"), failed.get("jid"))
         return None
     if delay is None or (isinstance(delay, str) and delay in ("discard", "kill")):
-        return delay
+        return cast('Literal["discard", "kill"] | None', delay)
     if isinstance(delay, (int, float)) and not isinstance(delay, bool) and math.isfinite(delay):
         return max(0.0, float(delay))
     logger.error("retry_in of job %s jid=%s returned %r (not seconds, 'discard' or 'kill'); "

@@ -69,8 +69,9 @@ class KiqTask(Task):
 
     retry: int | None = None
 
-    def using(self, *, priority=None, queue_name=None, run_after=None, backend=None,
-              retry=None) -> "KiqTask":
+    def using(self, *, priority: int | None = None, queue_name: str | None = None,
+              run_after: datetime | timedelta | None = None, backend: str | None = None,
+              retry: int | None = None) -> "KiqTask":
         # Explicit base call: zero-argument super() does not work in a slotted dataclass.
         changed = Task.using(self, priority=priority, queue_name=queue_name,
                              run_after=run_after, backend=backend)
@@ -182,7 +183,7 @@ class KiqBackend(BaseTaskBackend):
             raw = payload.encode(ready)
             client.check_size(ready, settings, raw)  # as push_now does: writers check size
             try:
-                if deferred:
+                if deferred and at is not None:  # (deferred implies it: for the type checker)
                     store.schedule_task(job_hash["jid"], record, raw=raw, at=at,
                                         ttl=self.result_ttl + math.ceil(at - now))
                 else:
@@ -242,11 +243,11 @@ class KiqBackend(BaseTaskBackend):
             if final:  # inside the handler, as core does: receivers can log exc_info
                 task_finished.send(type(self), task_result=result)
             raise
-        finished = time.time()
+        done_at = time.time()
         store.update_task_result(result_id, {
-            "status": TaskResultStatus.SUCCESSFUL, "finished_at": repr(finished),
+            "status": TaskResultStatus.SUCCESSFUL, "finished_at": repr(done_at),
             "return_value": json.dumps(value)}, ttl=self.result_ttl)
-        _set(result, status=TaskResultStatus.SUCCESSFUL, finished_at=_time(finished),
+        _set(result, status=TaskResultStatus.SUCCESSFUL, finished_at=_time(done_at),
              _return_value=value)
         task_finished.send(type(self), task_result=result)
 

@@ -202,7 +202,7 @@ def inline() -> Iterator[None]:
 try:
     import pytest
 except ImportError:  # pytest is optional: the fixtures exist only where it is installed
-    pytest = None
+    pytest = None  # type: ignore[assignment]  # a module, or None without it
 
 if pytest is not None:
 

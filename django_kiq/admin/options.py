@@ -10,11 +10,13 @@ so the add/change/delete views of a normal ModelAdmin are not mounted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 from django.contrib import admin
-from django.http import HttpRequest
-from django.urls import path, register_converter
+from django.http import HttpRequest, HttpResponse
+from django.urls import URLPattern, path, register_converter
 
 from .converters import TextConverter
 from .views import busy, dashboard, job, limits_page, metrics, periodic_page, queues, sets
@@ -26,23 +28,24 @@ register_converter(TextConverter, "kiq_text")
 
 
 class JobsAdmin(admin.ModelAdmin):
-    def has_view_permission(self, request: HttpRequest, obj=None) -> bool:
+    def has_view_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return request.user.has_perm(VIEW_PERM)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
     def has_module_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(VIEW_PERM) or request.user.has_perm(MANAGE_PERM)
 
-    def get_urls(self):
-        def page(view, *, actions: bool = False, **fixed):
+    def get_urls(self) -> list[URLPattern]:
+        def page(view: Callable[..., HttpResponse], *, actions: bool = False,
+                 **fixed: Any) -> Callable[..., HttpResponse]:
             bound = partial(view, site=self.admin_site, **fixed)
             return self.admin_site.admin_view(kiq_view(bound, actions=actions))
 

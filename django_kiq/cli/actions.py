@@ -124,7 +124,7 @@ def enqueue(options: dict, ctx: Context) -> None:
     if delay is not None and not (math.isfinite(delay) and delay >= 0):
         raise Error("--in must be a number of seconds, 0 or more", USAGE)
     try:
-        job = Job(definition)
+        job: Job[..., Any] = Job(definition)
         if options["queue"] is not None:
             job = job.set(queue=options["queue"])
         jid = (job.enqueue(*args, **kwargs) if not delay

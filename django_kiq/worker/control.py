@@ -137,7 +137,8 @@ class Control:
             if job.interrupt(JobTimeout):
                 logger.warning("timeout jid=%s job=%s: %s; JobTimeout raised in %s", job.jid,
                                job.name, job.timeout_message(), name)
-            elif not job.stuck and now >= job.deadline + STUCK_AFTER:
+            elif (not job.stuck and job.deadline is not None
+                  and now >= job.deadline + STUCK_AFTER):
                 job.stuck = True
                 logger.error("stuck jid=%s job=%s: still running %.0fs past its time limit in "
                              "%s (blocked outside Python code, which cannot be interrupted; "

@@ -100,7 +100,7 @@ class CronTicker(LoopThread):
     def _initial_cursors(self, now: float) -> dict[str, float]:
         """Resume from the last tick Redis recorded; an entry never seen starts now."""
         states = self.store.periodic_states([e.name for e in self.entries])
-        return {e.name: now if states[e.name].tick is None else states[e.name].tick
+        return {e.name: now if (tick := states[e.name].tick) is None else tick
                 for e in self.entries}
 
     def _tick_entry(self, entry: PeriodicEntry, now: float) -> int:

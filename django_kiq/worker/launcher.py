@@ -26,6 +26,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from typing import Protocol
 
 from .. import __version__, limits
 from ..conf import KiqSettings
@@ -55,10 +56,19 @@ def rss_kb() -> int:
         return 0
 
 
+class Component(Protocol):
+    """What an ``extra_threads`` factory returns (the cron ticker): started after the launcher's
+    own threads, stopped before it waits for running jobs."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 class Launcher:
     def __init__(self, *, settings: KiqSettings, store: Storage, queues: list[tuple[str, int]],
                  strict: bool, concurrency: int, timeout: float, tag: str = "",
-                 extra_threads: list[Callable[["Launcher"], object]] | None = None):
+                 extra_threads: list[Callable[["Launcher"], Component]] | None = None):
         self.settings = settings
         self.store = store
         self.queues = queues
@@ -213,7 +223,7 @@ class Launcher:
     def dump_threads(self) -> None:
         frames = sys._current_frames()
         for thread in threading.enumerate():
-            frame = frames.get(thread.ident)
+            frame = frames.get(thread.ident) if thread.ident is not None else None
             stack = "".join(traceback.format_stack(frame)) if frame else "(no frame)\n"
             logger.warning("thread %s:\n%s", thread.name, stack)
 

@@ -13,7 +13,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 
 from django_kiq import api
 
-from ..present import args_preview, moment
+from ..present import Moment, args_preview, moment
 from . import control
 from .base import back, confirm, confirmed, perform, render, url
 
@@ -26,7 +26,7 @@ def busy(request: HttpRequest, *, site: AdminSite) -> HttpResponse:
     if request.method == "POST":
         return _act(request, site)
     stats = api.Stats(processes=True)
-    processes = stats.processes
+    processes = stats.processes or []  # a list: processes=True
     rows = [{"process": p, "started": moment(p.started_at), "beat": moment(p.beat),
              "rss_mb": round(p.rss_kb / 1024, 1) if p.rss_kb else None,
              "queues": ", ".join(p.queues)} for p in processes]
@@ -36,7 +36,7 @@ def busy(request: HttpRequest, *, site: AdminSite) -> HttpResponse:
                   processes=rows, work=work, live=True)
 
 
-def _deadline(work: api.WorkRecord):
+def _deadline(work: api.WorkRecord) -> Moment | None:
     """When the job's own time limit (``kiq_timeout``) runs out, or None."""
     timeout = api.timeout_of(work.job)
     return moment(work.run_at + timeout) if timeout and work.run_at else None

@@ -25,7 +25,7 @@ POLL_SECONDS = (2, 5, 10, 20)
 def dashboard(request: HttpRequest, *, site: AdminSite) -> HttpResponse:
     days = choice(request.GET.get("days"), HISTORY_DAYS, DEFAULT_DAYS)
     stats = api.Stats(history_days=days)
-    history = stats.daily
+    history = stats.daily or []  # a list: history_days > 0
     chart = charts.line_chart(
         [day.strftime("%b %d") for day, _, _ in history],
         [("Processed", "processed", [p for _, p, _ in history]),

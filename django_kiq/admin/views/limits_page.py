@@ -31,6 +31,7 @@ def limits(request: HttpRequest, *, site: AdminSite) -> HttpResponse:
 
 def _row(r: api.LimitRecord) -> dict:
     span = r.lock_timeout if r.kind == "concurrent" else r.interval
+    assert span is not None  # the one of the two this kind has
     per = NAMED.get(span) or duration(span)
     return {"r": r, "rule": KIND_TEXT[r.kind].format(size=f"{r.size:,}", per=per),
             "span": SPAN_TEXT[r.kind].format(span=duration(span), step=duration(span / r.size)),

@@ -3,6 +3,8 @@ each worker's clock is from Redis's (which the ticks follow)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib.admin import AdminSite
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 
@@ -29,7 +31,8 @@ def periodic(request: HttpRequest, *, site: AdminSite) -> HttpResponse:
              "args": short_json(r.entry.args) + (f" {short_json(r.entry.kwargs)}"
                                                  if r.entry.kwargs else "")}
             for r in cron.records()]
-    clocks = [{"clock": c, "text": _offset_text(c.offset)} for c in cron.clocks()]
+    clocks: list[dict[str, Any]] = [{"clock": c, "text": _offset_text(c.offset)}
+                                    for c in cron.clocks()]
     return render(request, site, "periodic.html", title="Periodic jobs", page="periodic",
                   rows=rows, clocks=clocks, skewed=[c for c in clocks if c["clock"].skewed],
                   tolerance=f"{cron.CLOCK_TOLERANCE:g}", live=True)

@@ -23,7 +23,7 @@ from .job import is_queue_key
 def queues(request: HttpRequest, *, site: AdminSite) -> HttpResponse:
     stats = api.Stats(queues=True)
     rows = [{"queue": q, "size": f"{q.size:,}", "latency": duration(q.latency),
-             "paused": q.paused, "url": url(request, "queue", q.name)} for q in stats.queues]
+             "paused": q.paused, "url": url(request, "queue", q.name)} for q in stats.queues or ()]
     return render(request, site, "queues.html", title="Queues", page="queues", stats=stats,
                   queues=rows, live=True)
 
@@ -34,6 +34,7 @@ def queue(request: HttpRequest, name: str, *, site: AdminSite) -> HttpResponse:
         return _act(request, site, q)
     stats = api.Stats(queues=True, extra_queues=[name])
     state = stats.queue(name)
+    assert state is not None  # extra_queues lists it
     pager = Pager.from_request(request, state.size)
     rows = [JobRow.build(r, url(request, "queue_job", name, r.key))
             for r in q.jobs(pager.offset, pager.limit)]
@@ -80,6 +81,6 @@ def _delete(request: HttpRequest, q: "api.Queue", here: str) -> HttpResponse:
         return HttpResponseBadRequest("a queue entry key is required")
     record = q.get(key)
     perform(request, "Delete", lambda: record is not None and q.delete(record),
-            lambda ok: f"Deleted job {record.jid}." if ok
+            lambda ok: f"Deleted job {record.jid}." if ok and record
             else gone(f"That job was no longer in queue {q.name}."))
     return back(request, here)

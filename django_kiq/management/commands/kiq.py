@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any
 
 from django.core.management.base import BaseCommand
 
@@ -19,9 +20,9 @@ from django_kiq.exceptions import RedisUnavailable
 
 class Command(BaseCommand):
     help = "Look at and manage django-kiq queues, job sets and workers (see docs/cli.md)."
-    requires_system_checks = []
+    requires_system_checks: list[str] = []
 
-    def add_arguments(self, parser) -> None:
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         common = argparse.ArgumentParser(add_help=False)
         common.add_argument("--json", action="store_true",
                             help="print JSON with stable keys, for scripts")
@@ -30,7 +31,7 @@ class Command(BaseCommand):
         sets.add_parsers(sub, common)
         actions.add_parsers(sub, common)
 
-    def handle(self, *args, **options) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:
         ctx = Context(stdout=self.stdout, stderr=self.stderr, json=options["json"],
                       yes=options.get("yes", False))
         if options["verbosity"] < 2:  # the command reports outcomes itself; -v 2 adds the log

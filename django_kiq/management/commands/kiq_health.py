@@ -7,6 +7,9 @@ fresh heartbeat. The decision is :func:`django_kiq.cli.health.judge`.
 
 from __future__ import annotations
 
+import argparse
+from typing import Any
+
 from django.core.management.base import BaseCommand
 
 from django_kiq import storage
@@ -19,9 +22,9 @@ from django_kiq.exceptions import RedisUnavailable
 class Command(BaseCommand):
     help = ("Exit 0 when Redis answers and a worker's heartbeat is fresh (younger than "
             "KIQ['PROCESS_TTL']); otherwise print why and exit non-zero.")
-    requires_system_checks = []
+    requires_system_checks: list[str] = []
 
-    def add_arguments(self, parser) -> None:
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         which = parser.add_mutually_exclusive_group()
         which.add_argument("--process", metavar="ID", help="this worker only: its identity, or a prefix such as "
                                 "HOST:PID:")
@@ -30,7 +33,7 @@ class Command(BaseCommand):
         parser.add_argument("--max-age", type=float, default=None, metavar="SECONDS",
                             help="the oldest beat still fresh (default KIQ['PROCESS_TTL'])")
 
-    def handle(self, *args, **options) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:
         max_age = options["max_age"]
         if max_age is None:
             max_age = get_settings().process_ttl
