@@ -6,9 +6,10 @@ No Redis, no settings, the clock and the random source passed in. The storage la
 
 The four styles (docs/limits.md):
 
-- ``concurrent``: at most ``size`` leases held at once; a lease ends when released or
-  ``lock_timeout`` after it was taken. Room is expected when the oldest lease expires (or
-  sooner, when one is released).
+- ``concurrent``: at most ``size`` leases held at once; a lease ends when released or when it
+  expires, ``lock_timeout`` after it was taken (plus the second in which its process may reuse
+  it: ``limit_leases.py``). Room is expected when the oldest lease expires (or sooner, when one
+  is released).
 - ``window``: at most ``size`` acquisitions per clock-aligned interval (12:00:00-12:59:59 for
   "hour"); the count starts again at each boundary.
 - ``bucket``: at most ``size`` acquisitions in any span of one interval (a rolling log): each

@@ -11,24 +11,26 @@
 A :class:`Limiter` is a description (creating one does no I/O, so one per call for dynamic names
 such as ``f"stripe-{account_id}"`` is cheap) and is safe to share between threads. Each
 acquisition is one script call to the storage layer (``limit_acquire.lua``, on Redis's clock)
-and a concurrent release one more; the rules are :mod:`django_kiq.limit_rules`. With no room,
-the calling thread waits up to ``wait_timeout``, sleeping until the limiter says room is
-expected (rate styles) or with a short backoff (concurrent slots can be given back any time),
-then raises :class:`OverLimit`.
+and a concurrent release one more; the rules are :mod:`django_kiq.limit_rules`. A concurrent
+lease whose block ended is kept a moment by the process and reused by its next block of the
+same limiter with no round trip (:mod:`django_kiq.limit_leases`: what that keeps guaranteed).
+With no room, the calling thread waits up to ``wait_timeout``, sleeping until the limiter says
+room is expected (rate styles) or with a short backoff (concurrent slots can be given back any
+time; a lease kept by another thread of this process wakes it at once), then raises
+:class:`OverLimit`.
 
 Inside a job, the worker's middleware (:func:`job_middleware`, innermost of the built-ins)
 turns :class:`OverLimit` into a reschedule for when the limiter expects room (no retry counted,
 no error recorded), at most ``reschedule`` times per limiter; outside a job it propagates.
-Concurrent slots are leases of (process identity, thread): given back when the block ends,
-expired after ``lock_timeout``, and released at once by orphan recovery when the holder's
-process dies (:func:`release_dead_process`). A ``kiq-limit-watch`` thread, started on first
-use, logs a warning when a block holds a slot past its ``lock_timeout``.
+Concurrent slots are leases of a process identity (the member also names the thread that took
+it): given back when the block ends (or kept for reuse, see above), expired after
+``lock_timeout``, and released at once by orphan recovery when the holder's process dies
+(:func:`release_dead_process`). A ``kiq-limit-watch`` thread, started on first use, logs a
+warning when a block holds a slot past its ``lock_timeout`` and gives kept leases back.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import os
 import random
@@ -40,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import limit_rules as rules
+from . import limit_leases as leases, limit_rules as rules
 from .exceptions import KiqError
 
 logger = logging.getLogger("django_kiq.limits")
@@ -114,16 +116,17 @@ def _note_due(name: str) -> bool:
 class Slot:
     """One acquisition as a context manager: ``with LIMITER.within_limit() as slot``.
 
-    ``slot.at`` is Redis's clock when room was taken (epoch seconds).
+    ``slot.at`` is Redis's clock when room was taken (epoch seconds; on a reused lease, the
+    block's start on Redis's clock as the lease's grant tells it).
     """
 
-    __slots__ = ("limiter", "member", "at", "_watch")
+    __slots__ = ("limiter", "member", "at", "_lease")
 
     def __init__(self, limiter: "Limiter"):
         self.limiter = limiter
         self.member = ""
         self.at = 0.0
-        self._watch = 0
+        self._lease: leases.Lease | None = None
 
     def __enter__(self) -> "Slot":
         self.limiter._acquire(self)
@@ -138,7 +141,7 @@ class Limiter:
     :func:`window`, :func:`bucket` or :func:`leaky`."""
 
     __slots__ = ("name", "kind", "size", "interval", "lock_timeout", "wait_timeout",
-                 "reschedule", "_store", "_held")
+                 "reschedule", "_store", "_held", "_pool", "_reuse")
 
     def __init__(self, kind: str, name: str, size: int, *, interval: float | None = None,
                  lock_timeout: float | None = None, wait_timeout: float = 0.0,
@@ -154,6 +157,9 @@ class Limiter:
         self.reschedule = reschedule
         self._store = store
         self._held = threading.local()  # this thread's open ``with limiter:`` slots
+        # Which kept leases this limiter may reuse (limit_leases.py): with the process identity.
+        self._pool = (id(store) if store is not None else 0, self.name, self.size, lock_timeout)
+        self._reuse = leases.reuse_window(lock_timeout) if lock_timeout is not None else 0.0
 
     def __repr__(self) -> str:
         return f"<Limiter {self.name} {self.describe()}>"
@@ -192,42 +198,70 @@ class Limiter:
         return self._store
 
     def _acquire(self, slot: Slot) -> None:
-        store = self._storage()
         if self.kind == "concurrent":
-            slot.member = (f"{process_identity()}|{threading.current_thread().name}|"
-                           f"{secrets.token_hex(4)}")
-        elif self.kind == "bucket":
-            slot.member = secrets.token_hex(6)
+            self._take_lease(slot)
+            return
+        store = self._storage()
+        member = secrets.token_hex(6) if self.kind == "bucket" else ""
+        deadline = time.monotonic() + self.wait_timeout
+        while True:
+            grant = store.limit_acquire(kind=self.kind, name=self.name, size=self.size,
+                                        span=self.span, member=member,
+                                        note=_note_due(self.name))
+            if grant.allowed:
+                slot.at = grant.at
+                return
+            if grant.wait > deadline - time.monotonic():  # the limiter knows when room comes
+                raise OverLimit(self, grant.wait, grant.at)
+            time.sleep(grant.wait + random.random() * 0.005)  # a little spread among waiters
+
+    def _take_lease(self, slot: Slot) -> None:
+        key = (self._pool, process_identity())
+        lease = leases.shared.start(key, self) if self._reuse else None
+        if lease is None:
+            lease = self._lease_from_redis(key, self._reuse)
+        slot._lease, slot.member = lease, lease.member
+        slot.at = round(lease.clock + time.monotonic(), 3)
+
+    def _lease_from_redis(self, key: Any, reuse: float) -> leases.Lease:
+        store = self._storage()
+        holder = process_identity()
+        member = f"{holder}|{threading.current_thread().name}|{secrets.token_hex(4)}"
         deadline = time.monotonic() + self.wait_timeout
         pause = POLL_FIRST
         while True:
-            grant = store.limit_acquire(kind=self.kind, name=self.name, size=self.size,
-                                        span=self.span, member=slot.member,
-                                        holder=process_identity(), note=_note_due(self.name))
+            sent = time.monotonic()
+            grant = store.limit_acquire(kind="concurrent", name=self.name, size=self.size,
+                                        span=self.lock_timeout, member=member, holder=holder,
+                                        note=_note_due(self.name), reuse=reuse)
             if grant.allowed:
-                slot.at = grant.at
-                if self.kind == "concurrent":
-                    slot._watch = _watch.add(self, slot)
-                return
-            left = deadline - time.monotonic()
-            if self.kind == "concurrent":  # a slot may be given back before the oldest expires
-                sleep = min(grant.wait, pause)
-                pause = min(pause * 2, POLL_MAX)
-            else:  # the limiter knows when room comes: no point asking before
-                sleep = grant.wait
-            if sleep > left:
+                lease = leases.Lease(key, member, taken=sent, reuse=reuse,
+                                     clock=grant.at - time.monotonic())
+                leases.shared.opened(self, lease)
+                return lease
+            # A slot may be given back before the oldest lease expires: a short backoff, and
+            # a lease kept by another thread of this process ends the wait at once.
+            sleep = min(grant.wait, pause)
+            pause = min(pause * 2, POLL_MAX)
+            if sleep > deadline - time.monotonic():
                 raise OverLimit(self, grant.wait, grant.at)
-            time.sleep(sleep + random.random() * 0.005)  # a little spread among waiters
+            kept = leases.shared.wait(key, self, sleep + random.random() * 0.005)
+            if kept is not None:
+                return kept
 
     def _release(self, slot: Slot) -> None:
-        if self.kind != "concurrent" or not slot.member:
+        lease = slot._lease
+        if lease is None:
             return
-        overdue = _watch.remove(slot._watch)
-        if not self._storage().limit_release(self.name, slot.member) and not overdue:
+        slot._lease, slot.member = None, ""
+        kept, overdue = leases.shared.end(self, lease)
+        if kept:
+            return  # for this process's next block (limit_leases.py)
+        if not self._storage().limit_release(self.name, lease.member, lease.reused) and \
+                not overdue:
             logger.warning("the slot of limiter %r held by %s was no longer held when its "
                            "block ended (reset, or taken back by orphan recovery)", self.name,
-                           slot.member)
-        slot.member = ""
+                           lease.member)
 
 
 def concurrent(name: str, size: int, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
@@ -258,72 +292,6 @@ def leaky(name: str, size: int, interval: str | float, *, wait_timeout: float = 
     """Bursts of up to ``size``, draining at ``size`` per interval."""
     return Limiter("leaky", name, size, interval=rules.interval_seconds(interval),
                    wait_timeout=wait_timeout, reschedule=reschedule, store=store)
-
-
-# -- slots held past lock_timeout -----------------------------------------------------------------
-
-class _Watch:
-    """Warns when a concurrent slot is held past its lock_timeout (one thread per process,
-    started on first use; it sleeps until the earliest deadline and makes no Redis call)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._heap: list[tuple[float, int]] = []
-        self._open: dict[int, tuple[Limiter, str]] = {}
-        self._overdue: set[int] = set()
-        self._ids = itertools.count(1)
-        self._thread: threading.Thread | None = None
-
-    def add(self, limiter: Limiter, slot: Slot) -> int:
-        ident = next(self._ids)
-        deadline = time.monotonic() + limiter.lock_timeout
-        with self._cond:
-            self._open[ident] = (limiter, slot.member)
-            first = not self._heap or deadline < self._heap[0][0]
-            heapq.heappush(self._heap, (deadline, ident))
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="kiq-limit-watch",
-                                                daemon=True)
-                self._thread.start()
-            elif first:
-                self._cond.notify()
-        return ident
-
-    def remove(self, ident: int) -> bool:
-        """Forget a slot; True if it was reported overdue."""
-        with self._cond:
-            self._open.pop(ident, None)
-            if len(self._heap) > 2 * len(self._open) + 1000:  # drop released slots' entries
-                self._heap = [e for e in self._heap if e[1] in self._open]
-                heapq.heapify(self._heap)
-            if ident in self._overdue:
-                self._overdue.discard(ident)
-                return True
-            return False
-
-    def _run(self) -> None:
-        with self._cond:
-            while True:
-                while self._heap and self._heap[0][1] not in self._open:
-                    heapq.heappop(self._heap)  # released in time
-                if not self._heap:
-                    self._cond.wait(timeout=60.0)
-                    continue
-                deadline, ident = self._heap[0]
-                left = deadline - time.monotonic()
-                if left > 0:
-                    self._cond.wait(timeout=min(left, 60.0))
-                    continue
-                heapq.heappop(self._heap)
-                limiter, member = self._open[ident]
-                self._overdue.add(ident)
-                logger.warning("limiter %r: %s has held its slot past lock_timeout (%gs); the "
-                               "slot has expired and may be given to another holder: raise "
-                               "lock_timeout or shorten the block", limiter.name, member,
-                               limiter.lock_timeout)
-
-
-_watch = _Watch()
 
 
 # -- inside a job ---------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from collections import Counter
 
 import pytest
 
-from django_kiq import api, job, limit_rules as rules, limits, payload, registry
+from django_kiq import (api, job, limit_leases as leases, limit_rules as rules, limits, payload,
+                        registry)
 from django_kiq.conf import get_settings
 from django_kiq.stats import Counters
 from django_kiq.worker.processor import Processor
@@ -26,6 +27,13 @@ from tests import limit_jobs
 from tests.conftest import wait_for
 
 WORKER_ENV = {"KIQ_IMPORTS": "tests.jobs,tests.limit_jobs", "KIQ_LOG_LEVEL": "WARNING"}
+
+
+@pytest.fixture(autouse=True)
+def _no_kept_leases():
+    """Leases this process kept for reuse belong to the test that took them."""
+    yield
+    leases.shared.release_kept()
 
 
 # -- pure rules ---------------------------------------------------------------------------------
@@ -171,10 +179,13 @@ def test_with_limiter_across_threads_never_exceeds_its_size(store):
     for t in threads:
         t.join()
     assert peak[0] == 2
-    [record] = api.limits()
-    assert (record.name, record.kind, record.size, record.in_use) == ("threads", "concurrent",
-                                                                     2, 0)
-    assert record.acquired == 8 and record.lock_timeout == 30.0 and record.interval is None
+    [record] = api.limits()  # the process keeps its leases a moment (counted as in use)
+    assert (record.name, record.kind, record.size) == ("threads", "concurrent", 2)
+    assert record.in_use <= 2
+    assert record.lock_timeout == 30.0 and record.interval is None
+    wait_for(lambda: api.limits()[0].in_use == 0, timeout=2,
+             message="kept leases were not given back after the linger")
+    assert api.limits()[0].acquired == 8  # uses on reused leases counted with the release
 
 
 def test_over_limit_propagates_outside_a_job_and_waiting_does_not_busy_poll(store):
@@ -240,6 +251,112 @@ def test_a_dead_process_leases_are_released_by_recovery(store, redis_client):
     with dead:
         pass
     limits.bind_process(limits.process_identity() + "x")
+
+
+# -- kept leases: reused by the process's next block with no round trip ----------------------------
+
+class Counting:
+    """The store, counting every verb called on it (only the storage layer talks to Redis)."""
+
+    def __init__(self, store):
+        self.store, self.calls = store, Counter()
+
+    def __getattr__(self, name):
+        self.calls[name] += 1
+        return getattr(self.store, name)
+
+
+def test_a_kept_lease_is_reused_without_a_redis_command_then_given_back(store, redis_client):
+    counting = Counting(store)
+    limiter = limits.concurrent("kept", 3, store=counting)
+    with limiter:
+        pass
+    assert counting.calls == {"limit_acquire": 1}
+    for _ in range(50):
+        with limiter.within_limit() as slot:
+            assert abs(slot.at - time.time()) < 1.0  # Redis's clock, as the grant told it
+    assert counting.calls == {"limit_acquire": 1}  # 50 blocks, not one Redis command
+    [record] = api.limits()
+    assert record.in_use == 1  # kept: still counted as in use, everywhere
+    [(member, expiry)] = redis_client.zrange("kiq:limit:kept", 0, -1, withscores=True)
+    assert expiry / 1000 >= slot.at + 30.0  # the last block still had its lock_timeout
+    wait_for(lambda: api.limits()[0].in_use == 0, timeout=1.0, interval=0.01,
+             message="an idle kept lease was not given back after the linger")
+    assert counting.calls == {"limit_acquire": 1, "limit_release": 1}
+    assert api.limits()[0].acquired == 51
+
+
+def test_a_lease_is_reused_only_for_a_second_then_competed_for_again(store, monkeypatch):
+    monkeypatch.setattr(leases, "REUSE_FOR", 0.2)
+    counting = Counting(store)
+    limiter = limits.concurrent("rotate", 2, store=counting)
+    ended = time.monotonic() + 0.7
+    blocks = 0
+    while time.monotonic() < ended:
+        with limiter:
+            blocks += 1
+    assert 3 <= counting.calls["limit_acquire"] <= 5  # taken again each 0.2 s, not per block
+    assert counting.calls["limit_release"] >= 2 and blocks > 100
+
+
+def test_a_limiter_with_a_short_lock_timeout_keeps_nothing(store):
+    counting = Counting(store)
+    limiter = limits.concurrent("short", 2, lock_timeout=1.5, store=counting)
+    for _ in range(3):
+        with limiter:
+            pass
+    assert counting.calls == {"limit_acquire": 3, "limit_release": 3}
+    assert leases.reuse_window(1.5) == 0.0 and leases.reuse_window(2.0) == leases.REUSE_FOR
+
+
+def test_a_kept_lease_counts_as_in_use_for_other_processes_until_given_back(store):
+    limiter = limits.concurrent("one", 1, wait_timeout=0)
+    mine = limits.process_identity()
+    with limiter:
+        pass  # kept by this process
+    limits.bind_process("host:9:other")  # another process, as far as the limiter can tell
+    try:
+        with pytest.raises(limits.OverLimit) as info:
+            limiter.__enter__()
+        assert info.value.wait > 30.0  # the kept lease expires lock_timeout + 1 s after it was taken
+        started = time.monotonic()
+        wait_for(lambda: _enters(limiter), timeout=2.0, interval=0.01,
+                 message="the other process never got the slot")
+        assert time.monotonic() - started < leases.LINGER + 0.25
+    finally:
+        limits.bind_process(mine)
+
+
+def _enters(limiter) -> bool:
+    try:
+        with limiter:
+            return True
+    except limits.OverLimit:
+        return False
+
+
+def test_a_waiting_thread_takes_a_lease_kept_by_another_at_once(store):
+    limiter = limits.concurrent("handover", 1, wait_timeout=5)
+    taken = threading.Event()
+    waited = []
+
+    def second():
+        taken.wait()
+        started = time.monotonic()
+        with limiter:
+            waited.append(time.monotonic() - started)
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    with limiter:
+        taken.set()
+        time.sleep(0.6)  # the waiter backs off to 250 ms between tries meanwhile
+        released = time.monotonic()
+    thread.join()
+    assert waited and waited[0] >= 0.55
+    assert time.monotonic() - released < 0.2  # woken by the keep, not by its next try
+    [record] = api.limits()
+    assert record.in_use == 1 and record.throttled >= 3
 
 
 def test_records_and_reset(store):
@@ -394,10 +511,13 @@ def staff(django_user_model, settings):
 def test_limits_page_lists_limiters_and_resets_with_manage_permission(staff, store):
     erp = limits.concurrent("erp", 50)
     erp.__enter__()
+    with limits.concurrent("kept-erp", 5):
+        pass  # its lease is kept by this process for a moment: in use
     limits.window("github", 5000, "hour").__enter__()
     viewer = staff("view_jobs")
     page = viewer.get(LIMITS_URL)
     assert page.status_code == 200
+    assert '1 <span class="kiq-sub">(20%)</span>' in page.text  # kept-erp: 1 of 5
     assert "erp" in page.text and "at most 50 at once" in page.text
     assert "5,000 per clock hour" in page.text and 'value="reset"' not in page.text
     assert 'href="/admin/django_kiq/jobs/limits/"' in viewer.get("/admin/django_kiq/jobs/").text

@@ -5,7 +5,7 @@ A mixin of :class:`~django_kiq.storage.store.Storage` (methods use ``self.client
 processor thread, a web request), from the worker's heartbeat thread (orphan recovery releases a
 dead process's leases) and from the read/manage API (the admin's Limits page). It holds no
 state. An acquisition is one script call (``limit_acquire.lua``, Redis's clock); a release is
-one ZREM. Times cross this boundary in seconds; Redis holds milliseconds.
+one more (``limit_release.lua``). Times cross this boundary in seconds; Redis holds milliseconds.
 """
 
 from __future__ import annotations
@@ -47,25 +47,30 @@ class LimitOps:
         """Called by ``Storage.__init__``: register this mixin's Lua scripts."""
         self._limit_acquire = self._script("limit_acquire")
         self._limit_reap = self._script("limit_reap")
+        self._limit_release = self._script("limit_release")
 
     def limit_acquire(self, *, kind: str, name: str, size: int, span: float, member: str = "",
-                      holder: str = "", note: bool = True) -> Grant:
+                      holder: str = "", note: bool = True, reuse: float = 0.0) -> Grant:
         """Take room in limiter ``name`` (``span``: lock_timeout or interval, seconds).
 
         ``member`` is the lease (concurrent) or a unique token (bucket); ``holder`` the
-        identity of the process taking a lease; ``note`` records the use for the admin.
+        identity of the process taking a lease; ``note`` records the use for the admin;
+        ``reuse``: seconds a lease outlives ``span``, the window in which its process may
+        reuse it (``limit_leases.py``).
         """
         state = self.keys.limit(name)
         holds = self.keys.limit_holds(holder) if kind == "concurrent" else state
         allowed, wait_ms, now_ms = self._limit_acquire(
             keys=[state, self.keys.limit(name, "meta"), self.keys.limits, holds],
             args=[kind, size, repr(span * 1000.0), member, name, "1" if note else "0",
-                  META_TTL_MS, REGISTRY_HORIZON_MS])
+                  META_TTL_MS, REGISTRY_HORIZON_MS, repr(reuse * 1000.0)])
         return Grant(allowed=allowed == 1, wait=int(wait_ms) / 1000.0, at=int(now_ms) / 1000.0)
 
-    def limit_release(self, name: str, member: str) -> bool:
-        """Give a concurrent lease back; False if it was no longer held (expired or reset)."""
-        return self.client.zrem(self.keys.limit(name), member) == 1
+    def limit_release(self, name: str, member: str, reused: int = 0) -> bool:
+        """Give a concurrent lease back, adding the ``reused`` blocks it also served to the
+        limiter's count of uses; False if it was no longer held (expired, reset or reaped)."""
+        return self._limit_release(keys=[self.keys.limit(name), self.keys.limit(name, "meta")],
+                                   args=[member, reused]) == 1
 
     def limit_count_reschedule(self, name: str) -> None:
         self.client.hincrby(self.keys.limit(name, "meta"), "rescheduled", 1)

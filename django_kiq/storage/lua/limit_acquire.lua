@@ -13,6 +13,9 @@
 -- ARGV[4]  member: the lease (concurrent) or a unique token (bucket); "" otherwise
 -- ARGV[5]  the limiter's name; ARGV[6] "1": record the use in the registry and the meta hash
 -- ARGV[7]  ms a meta hash outlives its last recorded use; ARGV[8] registry horizon ms
+-- ARGV[9]  concurrent: ms a lease outlives lock_timeout, the window in which its process may
+--          reuse it for another block (django_kiq/limit_leases.py; "0" when it keeps none),
+--          so a block on a reused lease still has lock_timeout
 --
 -- One script per acquisition, so the check and the take are one step however many processes
 -- compete. Time comes from TIME: a worker's skewed clock cannot stretch or shrink a window.
@@ -35,14 +38,15 @@ local function nth_score(key, rank)
 end
 
 local function concurrent()
-  redis.call('ZREMRANGEBYSCORE', state, '-inf', now)  -- leases past lock_timeout
+  redis.call('ZREMRANGEBYSCORE', state, '-inf', now)  -- leases past their expiry
   local held = redis.call('ZCARD', state)
   if held >= size then return nth_score(state, held - size) - now end
-  redis.call('ZADD', state, now + span, member)
-  extend(state, span)
-  redis.call('ZADD', KEYS[4], 'GT', now + span, name)
+  local hold = span + (tonumber(ARGV[9]) or 0)
+  redis.call('ZADD', state, now + hold, member)
+  extend(state, hold)
+  redis.call('ZADD', KEYS[4], 'GT', now + hold, name)
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-  extend(KEYS[4], span)
+  extend(KEYS[4], hold)
   return 0
 end
 
