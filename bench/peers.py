@@ -64,7 +64,7 @@ def ensure_venv() -> Path:
     return python
 
 
-def run(ctx, port: int, scenario: str, log_level: str = "WARNING") -> list[str]:
+def run(ctx, port: int, scenario: str, log_level: str = "WARNING", systems: str = "") -> list[str]:
     """Run the driver for one scenario (enqueue, noop or io); add its rows to ``ctx``.
 
     Returns the errors the driver reported (a peer that failed is skipped, not fatal).
@@ -75,7 +75,8 @@ def run(ctx, port: int, scenario: str, log_level: str = "WARNING") -> list[str]:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as out:
         out_path = Path(out.name)
     argv = [str(python), str(Path(__file__)), "--out", str(out_path), "--logdir", str(ctx.logdir),
-            "--only", scenario, "--reps", str(ctx.reps)] + (["--quick"] if ctx.quick else [])
+            "--only", scenario, "--reps", str(ctx.reps), "--systems", systems or ",".join(ORDER)]
+    argv += ["--quick"] if ctx.quick else []
     env = {k: v for k, v in os.environ.items()  # nothing of our Django project leaks in
            if not k.startswith(("KIQ_", "DJANGO_", "PYTHON"))}
     env.update(PB_REDIS_PORT=str(port), PB_LOG_LEVEL=log_level,
@@ -211,10 +212,13 @@ def main() -> None:
     parser.add_argument("--only", default="enqueue,noop,io")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--reps", type=int, default=1)
+    parser.add_argument("--systems", default=",".join(ORDER))
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
     import peer_harness as harness
 
+    for name in set(harness.ADAPTERS) - set(args.systems.split(",")):
+        del harness.ADAPTERS[name]
     driver = Driver(harness, args.logdir, args.quick, args.reps)
     try:
         driver.run(args.only.split(","))

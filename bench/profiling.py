@@ -41,8 +41,15 @@ AREAS = (
 
 
 def py_spy() -> str | None:
-    local = Path(sys.executable).with_name("py-spy")
-    return str(local) if local.exists() else shutil.which("py-spy")
+    """py-spy from the project's virtualenv, the PATH, or the benchmark's own (peers')
+    virtualenv (``<peers venv>/bin/pip install py-spy`` keeps it out of the project's)."""
+    from bench import peers
+
+    for local in (Path(sys.executable).with_name("py-spy"),
+                  peers.home() / "venv" / "bin" / "py-spy"):
+        if local.exists():
+            return str(local)
+    return shutil.which("py-spy")
 
 
 def short(file: str) -> str:

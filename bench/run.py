@@ -59,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-levels", metavar="LEVELS", default="WARNING",
                         help="the no-op drain (ours and the peers') at each of these log levels, "
                              "e.g. WARNING,INFO (default WARNING)")
+    parser.add_argument("--peer-systems", metavar="NAMES", default="",
+                        help="with --peers: only these (e.g. sidekiq,dramatiq); default all")
     parser.add_argument("--plot", metavar="PNG", type=Path,
                         help="draw throughput per system (matplotlib, in the peers' virtualenv)")
     args = parser.parse_args(argv)
@@ -152,7 +154,8 @@ def run_all(args: argparse.Namespace, target: infra.RedisTarget, workdir: Path,
 
             for level in (args.log_levels if name == "noop" else ("WARNING",)):
                 target.reset()
-                errors.extend(f"peers: {e}" for e in peers.run(ctx, target.port, name, level))
+                errors.extend(f"peers: {e}" for e in peers.run(ctx, target.port, name, level,
+                                                                     args.peer_systems))
                 target.client.set(infra.CLAIM_KEY, target.token)  # the harness FLUSHDBed it
         print(f"  {name} took {time.monotonic() - started:.1f}s", flush=True)
     return ctx
@@ -169,11 +172,12 @@ def report(args: argparse.Namespace, machine: dict, ctx, errors: list[str]) -> N
               f"{noop['round_trips_per_job']}")
         print(f"no-op drain, Redis commands per job (INFO commandstats, scripts' inner "
               f"commands included): {noop['commands_per_job']}")
-    prof = ctx.details.get("profile")
-    if isinstance(prof, dict):
-        print(f"\nprofile ({prof['samples']} samples, raw stacks {prof['raw']}):")
-        for key in ("by_thread", "by_area_self", "top_self", "top_inclusive"):
-            print(f"  {key}: " + "; ".join(f"{n} {p}%" for n, p in prof[key][:12]))
+    for name in ("profile", *(f"profile-{level}" for level in args.log_levels)):
+        prof = ctx.details.get(name)
+        if isinstance(prof, dict):
+            print(f"\n{name} ({prof['samples']} samples, raw stacks {prof['raw']}):")
+            for key in ("by_thread", "by_area_self", "top_self", "top_inclusive"):
+                print(f"  {key}: " + "; ".join(f"{n} {p}%" for n, p in prof[key][:12]))
     for error in errors:
         print(f"ERROR {error}")
     load = [x for _, x in ctx.load.samples]

@@ -173,10 +173,11 @@ def noop(ctx: Context) -> None:
         ctx.add("2 worker RSS: idle after the run", run["idle_rss_after_kb"] / 1024, "MB",
                 higher_is_better=False, note="3 s after the last job")
     if ctx.profile_dir:
-        profile_noop(ctx, n)
+        for level in ctx.log_levels:
+            profile_noop(ctx, n, level)
 
 
-def profile_noop(ctx: Context, n: int) -> None:
+def profile_noop(ctx: Context, n: int, level: str) -> None:
     """The same drain again with ``py-spy record`` attached once the first job ran (so start-up
     and imports stay out); the rate of this run is not reported (the sampler costs CPU)."""
     from bench import profiling
@@ -186,12 +187,14 @@ def profile_noop(ctx: Context, n: int) -> None:
         ctx.details["profile"] = "py-spy not installed (pip install py-spy)"
         return
     ctx.profile_dir.mkdir(parents=True, exist_ok=True)
-    raw = ctx.profile_dir / "noop-worker.pyspy.txt"
+    raw = ctx.profile_dir / f"noop-worker-{level.lower()}.pyspy.txt"
     attach = [spy, "record", "--format", "raw", "--rate", "250", "--gil", "--threads",
               "--output", str(raw), "--pid"]
-    run = drain(ctx, jobs.noop, n, tag="noop-profiled", attach=attach)
-    ctx.details["profile"] = {"rate_under_profiler": run["rate"], "raw": str(raw),
-                              "py_spy": " ".join(attach[1:-1]), **profiling.summarize(raw)}
+    run = drain(ctx, jobs.noop, n, tag=f"noop-profiled-{level.lower()}", attach=attach,
+                log_level=level)
+    key = "profile" if level == "WARNING" else f"profile-{level}"
+    ctx.details[key] = {"rate_under_profiler": run["rate"], "raw": str(raw),
+                        "py_spy": " ".join(attach[1:-1]), **profiling.summarize(raw)}
 
 
 # -- 3. I/O-bound -------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def job_log():
     logger = logging.getLogger("django_kiq.job")
     old_level = logger.level
     logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG)  # the start line is DEBUG
     yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
     logger.removeHandler(handler)
     logger.setLevel(old_level)

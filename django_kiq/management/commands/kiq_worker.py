@@ -7,12 +7,13 @@ cut off back to READY (``tasks.release_interrupted``).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from django.core.checks import Tags
 from django.core.exceptions import ImproperlyConfigured
@@ -24,6 +25,7 @@ from django_kiq.observability import logformat
 from django_kiq.registry import QUEUE_NAME
 from django_kiq.worker.fetcher import parse_queue_args
 from django_kiq.worker import reloader
+from django_kiq.worker import logsetup
 from django_kiq.worker.launcher import Launcher
 from django_kiq.worker.loop import MAX_BACKOFF
 from django_kiq.worker.cron_ticker import CronTicker
@@ -34,9 +36,9 @@ T = TypeVar("T")
 
 class Command(BaseCommand):
     help = "Run a django-kiq worker: a pool of threads processing jobs from Redis queues."
-    requires_system_checks = []
+    requires_system_checks: list[str] = []
 
-    def add_arguments(self, parser) -> None:
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("-c", "--concurrency", type=int, default=None,
                             help="processor threads (default KIQ['CONCURRENCY'] = 5)")
         parser.add_argument("-q", "--queue", action="append", default=[], metavar="NAME[,WEIGHT]",
@@ -58,7 +60,7 @@ class Command(BaseCommand):
                             help="serve Prometheus metrics on this port (default "
                                  "KIQ['METRICS_PORT']; needs django-kiq[prometheus])")
 
-    def handle(self, *args, **options) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:
         if options["reload"] and not reloader.is_child():
             sys.exit(reloader.supervise())  # the worker runs in a child, restarted on changes
         self._check_queue_names(options["queue"])
@@ -97,7 +99,12 @@ class Command(BaseCommand):
         if settings.metrics_port is not None:
             self._serve_metrics(launcher, settings.metrics_port)
         watcher = reloader.Watcher(launcher.request_stop).start() if options["reload"] else None
-        code = launcher.run()
+        writer = logsetup.install()  # log lines written off the job threads, in batches
+        try:
+            code = launcher.run()
+        finally:
+            if writer is not None:
+                writer.stop()  # every queued line written, the user's handlers back
         # Tasks still running were cut off and pushed back: their results read READY again.
         tasks.release_interrupted()
         sys.exit(reloader.RESTART if watcher and watcher.changed else code)
@@ -112,7 +119,8 @@ class Command(BaseCommand):
         Redis error (the server answers but refuses a command) is no reason to wait: it ends
         the start the same way.
         """
-        tries, delay, stop, previous = 0, 0.0, threading.Event(), {}
+        previous: dict = {}  # signal -> the handler to restore
+        tries, delay, stop = 0, 0.0, threading.Event()
         try:
             while True:
                 try:
