@@ -171,7 +171,9 @@ class Limiter:
 
     @property
     def span(self) -> float:
-        return self.lock_timeout if self.kind == "concurrent" else self.interval
+        span = self.lock_timeout if self.kind == "concurrent" else self.interval
+        assert span is not None  # validated: the one of the two this kind has
+        return span
 
     def within_limit(self) -> Slot:
         return Slot(self)

@@ -44,7 +44,7 @@ SYSTEM = "django_kiq"
 CARRIER_KEYS = ("traceparent", "tracestate", "baggage")
 
 
-def _tracer():
+def _tracer() -> trace.Tracer:
     return trace.get_tracer("django_kiq", __version__)
 
 

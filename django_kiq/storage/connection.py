@@ -10,6 +10,7 @@ was lost could move a job twice, so the callers that can retry safely do it them
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -92,12 +93,12 @@ def _master_connection_classes() -> tuple[type, type]:
             longer a master to write to; the command did not run.
             """
 
-            def send_packed_command(self, command, check_health=True):
+            def send_packed_command(self, command: Any, check_health: bool = True) -> None:
                 if not self._sock:
                     self.connect()
                 return super().send_packed_command(command, check_health)
 
-            def read_response(self, *args, **kwargs):
+            def read_response(self, *args: Any, **kwargs: Any) -> Any:
                 try:
                     return super().read_response(*args, **kwargs)
                 except ResponseError as exc:

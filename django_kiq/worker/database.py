@@ -47,7 +47,8 @@ class _Thread(threading.local):
 _thread = _Thread()
 
 
-def _opened(sender, connection, **kwargs) -> None:  # noqa: ARG001 - signal signature
+# A connection_created receiver: the signal passes these arguments, unused here.
+def _opened(sender: object, connection: object, **kwargs: object) -> None:  # noqa: ARG001
     _thread.may_be_open = True  # sent by connect(), in the thread that connects
 
 

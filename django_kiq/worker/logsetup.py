@@ -41,6 +41,7 @@ import logging
 import queue
 import threading
 import time
+from typing import TypeGuard
 
 #: Seconds the writer lets lines gather before writing them (also the most a line waits).
 INTERVAL = 0.01
@@ -153,14 +154,15 @@ class LogWriter:
             record.msg, record.args = msg, args
         record.created, record.thread, record.threadName = created, thread, thread_name
         record.msecs = int((created - int(created)) * 1000) + 0.0
-        record.relativeCreated = (created * 1e9 - logging._startTime) / 1e6 \
-            if isinstance(logging._startTime, int) else (created - logging._startTime) * 1000
+        start = logging._startTime  # type: ignore[attr-defined]  # private: not in typeshed
+        record.relativeCreated = (created * 1e9 - start) / 1e6 \
+            if isinstance(start, int) else (created - start) * 1000
         logger.handle(record)
 
 
-def write(items) -> None:
+def write(items: list[tuple[list[logging.Handler], logging.LogRecord]]) -> None:
     """Hand each record to its handlers; a stream handler gets one write and one flush."""
-    pending: dict[logging.Handler, list[tuple[logging.LogRecord, str]]] = {}
+    pending: dict[logging.StreamHandler, list[tuple[logging.LogRecord, str]]] = {}
     for targets, record in items:
         for handler in targets:
             if record.levelno < handler.level:
@@ -208,7 +210,7 @@ def job_line(logger: logging.Logger, level: int, msg: str, args: tuple, extra: d
 _BATCHED_EMITS = (logging.StreamHandler.emit, logging.FileHandler.emit)
 
 
-def batchable(handler: logging.Handler) -> bool:
+def batchable(handler: logging.Handler) -> TypeGuard[logging.StreamHandler]:
     """A stream handler whose ``emit`` is logging's own (formats, writes, flushes), with its
     stream open: its lines can be joined into one write."""
     return (type(handler).emit in _BATCHED_EMITS
@@ -218,7 +220,8 @@ def batchable(handler: logging.Handler) -> bool:
 def install(root_name: str = "django_kiq") -> LogWriter | None:
     """Put the writer in front of the ``django_kiq`` loggers' handlers (see the module doc)."""
     top = logging.getLogger(root_name)
-    targets, logger = [], top
+    targets: list[logging.Handler] = []
+    logger: logging.Logger | None = top
     while logger is not None:
         targets.extend(logger.handlers)
         if not logger.propagate:
