@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 
-from . import client, storage
+from . import batches, client, storage
 from .conf import KiqSettings, get_settings
 
 if TYPE_CHECKING:
@@ -62,7 +62,14 @@ async def aenqueue_at(job_obj: Job[..., Any], when: dt.datetime | float, args: S
 async def _asubmit(job_obj: Job[..., Any], items: list[tuple[tuple[Any, ...], dict[str, Any]]],
                    at: float | None) -> list[str | None]:
     batch = client.build_batch(job_obj, items, at)
-    jids = await asubmit_payloads(batch.jobs, raise_duplicates=batch.raise_duplicates)
+    # Inside ``with batch():`` (a context variable: this task's) the jobs join it through its
+    # writer (batch.lua), which is sync: run the pipeline off the loop, as the test modes do.
+    joined = batches.join_current(batch.jobs, job_obj.options)
+    if joined is not None:
+        submit = sync_to_async(client.submit_payloads, thread_sensitive=False)
+        jids = await submit(batch.jobs, raise_duplicates=batch.raise_duplicates, writer=joined)
+    else:
+        jids = await asubmit_payloads(batch.jobs, raise_duplicates=batch.raise_duplicates)
     return batch.spread(jids)
 
 

@@ -100,7 +100,12 @@ class CurrentJob:
     def batch(self) -> Any:
         """The batch this job belongs to, or None: ``with current_job().batch:`` adds the jobs
         enqueued inside it to the batch (docs/workflows.md)."""
-        return self.extras.get("batch")
+        handle = self.extras.get("batch")
+        if isinstance(handle, tuple):  # the lineage (workflows.on_start): built when asked for
+            from .batches import Batch
+
+            handle = self.extras["batch"] = Batch.joining(handle)
+        return handle
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (never negative), or None without a time limit."""

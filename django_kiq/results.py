@@ -5,7 +5,9 @@ or never enqueued). The record is written at enqueue ("queued"/"scheduled"), at 
 ("running"), by ``current_job().progress()``, and in the job's settle step (the final status
 and value or error), so the status never disagrees with where the job is. ``wait()`` blocks on
 the job's "done" list (pushed in that settle step) rather than polling. django.tasks results
-(``KiqBackend``) read through the same :func:`get`. Any thread; async forms for async views.
+(``KiqBackend``) read through the same :func:`get`, and their ``wait()`` wakes the same way
+(the tasks backend pushes the "done" list when it records the end). Any thread; async forms
+for async views.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ class JobResult:
                 break
             if current.finished:
                 return current
+        current = get(self.jid)  # finished as the time ran out
+        if current is not None and current.finished:
+            return current
         raise TimeoutError(f"job {self.jid} did not finish within {timeout}s")
 
     async def await_(self, timeout: float) -> "JobResult":

@@ -68,7 +68,7 @@ def on_start(current: Any, job: dict[str, Any], settings: KiqSettings,
              store: storage.Storage | None, touch: Callable[[], None] | None = None) -> None:
     lineage = batches.lineage_of(job)
     if lineage and current is not None:
-        current.extras["batch"] = batches.Batch.joining(lineage)
+        current.extras["batch"] = lineage  # CurrentJob.batch makes it a handle if asked
     ttl = result_ttl(job, settings)
     if ttl is None or store is None:
         return
@@ -115,6 +115,32 @@ def on_outcome(outcome: Any, job: dict[str, Any], value: Any, settings: KiqSetti
     import dataclasses
 
     return dataclasses.replace(outcome, **changes)
+
+
+def dead_cleanups(job: dict[str, Any], settings: KiqSettings | None = None) -> dict[str, Any]:
+    """The ``result``/``batch`` fields of a settle entry sending ``job`` dead outside the
+    processor's run (a poison pill found by orphan recovery or a shutdown's cutoff): counted
+    dead in its batch (``on_death``), its result failed. Empty when it asked for neither."""
+    from .conf import get_settings
+
+    settings = settings or get_settings()
+    if "bid" not in job and "kiq_result_ttl" not in job and settings.result_ttl is None:
+        return {}
+    lineage = batches.lineage_of(job)
+    cleanups: dict[str, Any] = {}
+    if lineage:
+        cleanups["batch"] = storage.BatchMark(bids=lineage, member=str(job.get("jid")),
+                                              outcome="d", ttl=settings.batch_ttl)
+    ttl = result_ttl(job, settings)
+    if ttl is not None:
+        fields = {"status": "failed", "attempt": str(attempt_of(job)),
+                  "finished_at": repr(time.time()),
+                  "error": json.dumps({"class": job.get("error_class", ""),
+                                       "message": job.get("error_message", ""),
+                                       "backtrace": None})}
+        cleanups["result"] = storage.ResultWrite(jid=str(job.get("jid")), ttl=ttl,
+                                                 fields=tuple(fields.items()), finished=True)
+    return cleanups
 
 
 def _value_fields(value: Any) -> dict[str, str]:

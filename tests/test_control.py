@@ -265,7 +265,8 @@ def test_a_killed_iterable_job_resumes_from_its_last_checkpoint(redis_client, wo
     assert sorted(set(items)) == list(range(150))
     repeated = len(items) - 150
     assert repeated <= 0.2 / 0.02 + 5  # only what was done after the last checkpoint
-    assert not redis_client.exists(f"kiq:cursor:{jid}")  # ended with the job
+    # Ended with the job, in its settle step: sent with the fetcher's next pass.
+    wait_for(lambda: not redis_client.exists(f"kiq:cursor:{jid}"), timeout=5)
 
 
 def test_a_stopped_iterable_job_checkpoints_and_resumes_without_repeats(redis_client,

@@ -131,3 +131,44 @@ def test_admin_pages_show_batches_results_and_progress(admin_client, store,
     work = _work_record("p", "t", '{"queue":"default","payload":"{}","run_at":1,'
                                   '"progress":40,"progress_message":"4 of 10"}')
     assert (work.progress, work.progress_message) == (40, "4 of 10")
+
+
+def test_result_and_batch_ttl_settings_are_checked(settings):
+    from django_kiq.checks import check_settings
+
+    for bad in ("60", 0, 1.5, True):
+        settings.KIQ = {"RESULT_TTL": bad}
+        assert [e.id for e in check_settings()] == ["django_kiq.E029"], bad
+    for bad in ("60", 0, 1.5):
+        settings.KIQ = {"BATCH_TTL": bad}
+        assert [e.id for e in check_settings()] == ["django_kiq.E003"], bad
+    settings.KIQ = {"RESULT_TTL": 3600, "BATCH_TTL": 86400}
+    assert check_settings() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_django_tasks_result_reads_and_waits_through_the_same_api(redis_client):
+    """results.get(task id) is a JobResult; its wait() wakes when the task's end is recorded
+    (the tasks backend pushes the same "done" list), not at the timeout."""
+    from django.tasks import task_backends
+    from django.test import override_settings
+
+    from django_kiq.conf import get_settings
+    from django_kiq.stats import Counters
+    from django_kiq.worker.processor import Processor
+    from tests import djtasks
+
+    with override_settings(TASKS={"default": {"BACKEND": "django_kiq.tasks.KiqBackend"}}):
+        assert task_backends["default"]
+        task = djtasks.add.enqueue(2, 3)
+        pending = results.get(task.id)
+        assert pending.status == "queued" and not pending.finished
+        got = []
+        waiter = threading.Thread(target=lambda: got.append(pending.wait(timeout=20)))
+        started = time.monotonic()
+        waiter.start()
+        raw = redis_client.rpop("queue:default")
+        Processor(settings=get_settings(), counters=Counters()).process("default", raw, "t")
+        waiter.join(10)
+    assert got and got[0].status == "succeeded" and got[0].value == 5
+    assert time.monotonic() - started < 5

@@ -70,6 +70,10 @@ class ResultOps(StorageBase):
         # redis-py's mapping key type is invariant: no dict[str, str] fits it
         pipe.hset(key, mapping=dict(fields))  # type: ignore[arg-type]
         pipe.expire(key, max(1, int(ttl)))
+        if fields.get("status") in ("SUCCESSFUL", "FAILED"):  # finished: wake JobResult.wait()
+            done = self.keys.job_result_done(result_id)  # (results.py), in the same MULTI
+            pipe.rpush(done, "1")
+            pipe.expire(done, max(1, int(ttl)))
         pipe.execute()
 
     def task_result(self, result_id: str) -> dict[str, str] | None:

@@ -70,6 +70,25 @@ local function batch_apply(levels, start, member, outcome, sched, now, ttl)
   end
 end
 
+-- Count `members` (jids of levels[1]) as succeeded: batch_apply(levels, 1, m, 's') for each,
+-- with one SREM per 1,000 and one check. The end state and the callbacks are the same (a
+-- member leaves pending once, whichever SREM removes it); the settle step of a fetcher pass
+-- that finished many jobs of one batch pays a few commands for all of them, not per job.
+local function batch_succeed_many(levels, members, sched, now, ttl)
+  local lv = levels[1]
+  local removed = 0
+  for j = 1, #members, 1000 do
+    local last = math.min(j + 999, #members)
+    removed = removed + redis.call('SREM', lv[2], unpack(members, j, last))
+    redis.call('SREM', lv[3], unpack(members, j, last))
+  end
+  if removed == 0 then return end
+  local up = batch_check(levels, 1, false, sched, now, ttl)
+  if up ~= nil and levels[2] then
+    batch_apply(levels, 2, 'b:' .. redis.call('HGET', lv[1], 'bid'), up, sched, now, ttl)
+  end
+end
+
 local function batch_now()
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1000000

@@ -26,6 +26,8 @@
 -- cleanups happen in the same step as the move: a job's outcome, the release of its unique lock
 -- and the end of its checkpoint, its result and its batch's counters and callbacks are one
 -- change, whatever crashes when (batch_lib.lua says why callbacks fire exactly once).
+-- Successes in the same batch are counted together at the end of the call (one SREM for
+-- all: batch_succeed_many), still in this one atomic step.
 -- Returns one 0/1 flag per entry, or {-1} when the guard stopped it.
 
 -- include: batch_lib.lua
@@ -36,6 +38,7 @@ end
 
 local wip = KEYS[1]
 local flags = {}
+local succeeded, groups, now = {}, {}, nil
 local base, k, i = 3, 3, 0
 while base < #ARGV do
   i = i + 1
@@ -95,8 +98,23 @@ while base < #ARGV do
       end
     end
     if batch then
-      batch_apply(batch[4], 1, batch[3], batch[2], batch[1], batch_now(), batch[5])
+      now = now or batch_now()
+      if batch[2] == 's' then
+        local levels = batch[4]
+        local group = succeeded[levels[1][1]]
+        if not group then
+          group = {levels, batch[1], batch[5], {}}
+          succeeded[levels[1][1]] = group
+          groups[#groups + 1] = group
+        end
+        group[4][#group[4] + 1] = batch[3]
+      else
+        batch_apply(batch[4], 1, batch[3], batch[2], batch[1], now, batch[5])
+      end
     end
   end
+end
+for _, group in ipairs(groups) do
+  batch_succeed_many(group[1], group[4], group[2], now, group[3])
 end
 return flags
