@@ -158,7 +158,7 @@ class Leases:
 
     def forget(self) -> None:
         """In a forked child: the parent's leases and thread are not this process's."""
-        self.__init__()  # type: ignore[misc]
+        self.__init__()  # type: ignore[misc]  # a reset in place: this class has no subclass
 
     # -- under the lock --------------------------------------------------------------------------
 

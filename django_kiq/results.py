@@ -124,8 +124,10 @@ def _json(text: str | None) -> Any:
 
 
 def _num(text: str | None) -> float | None:
+    if text is None:
+        return None
     try:
-        value = float(text)  # type: ignore[arg-type]
+        value = float(text)
     except (TypeError, ValueError):
         return None
     return value if value == value else None
