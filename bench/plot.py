@@ -34,8 +34,8 @@ def main(src: str, png: str) -> None:
         colors = ["#1f6f43" if r["system"] == OURS else "#9aa5b1" for r in group]
         ax.barh([r["system"] for r in group], values, xerr=[low, high], color=colors,
                 error_kw={"elinewidth": 0.8, "capsize": 2})
-        for y, value in enumerate(values):
-            ax.text(value, y, f" {value:,.0f}", va="center", fontsize=7)
+        for y, (value, up) in enumerate(zip(values, high)):
+            ax.text(value + up, y, f"  {value:,.0f}", va="center", fontsize=7)
         ax.set_title(f"{panel} (jobs/s)", fontsize=9, loc="left")
         ax.tick_params(labelsize=7)
         ax.set_xlim(0, max(max(values) * 1.25, 1))
