@@ -175,6 +175,79 @@ def test_a_job_settled_twice_counts_once(store, redis_client):
     assert api.Batch(b.bid).succeeded
 
 
+def test_aenqueue_joins_the_enclosing_batch(redis_client):
+    import asyncio
+
+    async def enqueue():
+        with batch(description="async") as b:
+            jid = await wj.work.aenqueue("a1")
+            jids = await wj.work.aenqueue_many([("a2",), ("a3",)])
+        return b, [jid, *jids]
+
+    b, jids = asyncio.run(enqueue())
+    status = api.Batch(b.bid)
+    assert (status.total, status.pending, status.sealed) == (3, 3, True)
+    assert sorted(status.pending_jids()) == sorted(jids)
+    assert api.Queue("default").find(jids[0]).fields["bid"] == b.bid
+
+
+def _in_progress(redis_client, identity):
+    """Move the one queued job into ``identity``'s in-progress list (as a fetch would)."""
+    raw = redis_client.rpop("queue:default")
+    redis_client.rpush(f"kiq:wip:{identity}", raw)
+    return raw
+
+
+def _assert_dead_in_batch(redis_client, bid, jid):
+    status = api.Batch(bid)
+    assert (status.dead, status.failures, status.complete, status.succeeded) == (1, 1, True, False)
+    assert status.dead_jids() == [jid]
+    assert redis_client.zcard("schedule") == 2  # on_death and on_complete, each pushed once
+
+
+@pytest.mark.parametrize("path", ["recovery", "cutoff"])
+def test_a_poison_pill_counts_dead_in_its_batch(store, redis_client, path):
+    """Orphan recovery's and a shutdown cutoff's poison limit send a batch job dead in the
+    settle step that counts it: on_death and on_complete fire, once."""
+    from django_kiq import payload
+    from django_kiq.worker.fetcher import plan_cutoff, plan_recovery
+
+    with batch(on_death=wj.ledger.s("death"), on_complete=wj.ledger.s("complete")) as b:
+        jid = wj.work.enqueue("pill")
+    raw = _in_progress(redis_client, "p2")
+    if path == "recovery":
+        entries = plan_recovery([raw], identity="p2", poison_limit=1, now=time.time())
+    else:
+        entries = plan_cutoff([("default", raw)], identity="p2", poison_limit=1,
+                              now=time.time())
+    assert entries[0].kind == "d" and entries[0].batch.outcome == "d"
+    assert store.settle("p2", entries) == [1]
+    assert store.settle("p2", entries) == [0]  # a second recovery pass changes nothing
+    _assert_dead_in_batch(redis_client, b.bid, jid)
+    assert payload.decode(redis_client.zrange("dead", 0, 0)[0])["error_class"] == (
+        "django_kiq.PoisonJob")
+
+
+def test_the_last_resort_counts_dead_in_its_batch(store, redis_client):
+    """A job whose outcome the processor could not handle goes dead through last_resort():
+    counted in its batch too (and its result, if it keeps one, says failed)."""
+    from django_kiq.conf import get_settings
+    from django_kiq.stats import Counters
+    from django_kiq.worker.manager import Manager
+    from django_kiq.worker.processor import Processor
+
+    with batch(on_death=wj.ledger.s("death"), on_complete=wj.ledger.s("complete")) as b:
+        jid = wj.work.set(result_ttl=60).enqueue("broken")
+    raw = _in_progress(redis_client, "p3")
+    outcome = Processor(settings=get_settings(), counters=Counters()).last_resort(
+        "default", raw, RuntimeError("boom"))
+    assert store.settle("p3", [Manager._settle_entry(outcome)]) == [1]
+    _assert_dead_in_batch(redis_client, b.bid, jid)
+    from django_kiq import results
+
+    assert results.get(jid).status == "failed"
+
+
 # -- the proof: exactly once under SIGKILL --------------------------------------------------------
 
 def test_a_1000_job_batch_under_sigkill_fires_success_exactly_once(redis_client,
@@ -209,3 +282,33 @@ def test_a_1000_job_batch_under_sigkill_fires_success_exactly_once(redis_client,
     status = api.Batch(b.bid)
     assert status.succeeded and status.pending == 0 and status.total == 1000
     assert status.succeeded_at <= success_at
+
+
+def test_done_batch_jobs_settle_with_the_fetchers_pass_or_at_stop(store, redis_client):
+    """A finished batch job is not settled on the processor thread: its entry waits (the job
+    still in progress) for the fetcher's next pass, sent with the fetch in one round trip, or
+    for stop(), which flushes it with the acknowledgements."""
+    from django_kiq.conf import get_settings
+    from django_kiq.stats import Counters
+    from django_kiq.worker.fetcher import Fetcher, QueueOrder
+    from django_kiq.worker.manager import Manager
+    from django_kiq.worker.processor import Processor
+
+    with batch(on_success=wj.ledger.s("s")) as b:
+        wj.work.enqueue_many([("m1",), ("m2",)])
+    fetcher = Fetcher(store, "h:5:b", QueueOrder([("default", 1)], True))
+    manager = Manager(store=store, fetcher=fetcher, concurrency=1, queues=["default"],
+                      processor=Processor(settings=get_settings(), counters=Counters()))
+    (q1, raw1), (q2, raw2) = fetcher.fetch(2, [])
+    for name, queue, raw in (("t1", q1, raw1), ("t2", q2, raw2)):
+        manager._running[name] = (queue, raw, time.time(), 0)
+        manager._finish(name, queue, manager.processor.process(queue, raw, name), 0.001)
+    assert len(manager._done) == 2 and not manager._acks
+    assert redis_client.llen("kiq:wip:h:5:b") == 2 and api.Batch(b.bid).pending == 2
+    fetcher.fetch(0, [], manager._done[:1])  # the fetcher's pass: settle + fetch
+    assert redis_client.llen("kiq:wip:h:5:b") == 1 and api.Batch(b.bid).pending == 1
+    manager._done[:1] = []
+    manager.stop(time.monotonic())  # flushes what is left
+    assert redis_client.llen("kiq:wip:h:5:b") == 0
+    status = api.Batch(b.bid)
+    assert status.succeeded and status.pending == 0 and redis_client.zcard("schedule") == 1

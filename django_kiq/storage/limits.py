@@ -12,7 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+from .base import StorageBase
+
+if TYPE_CHECKING:
+    from redis.client import Pipeline
 
 META_TTL_MS = 25 * 3600 * 1000  # a limiter unused for a day leaves the admin's list, then Redis
 REGISTRY_HORIZON_MS = 24 * 3600 * 1000
@@ -42,7 +47,7 @@ class LimitState:
     state: Any
 
 
-class LimitOps:
+class LimitOps(StorageBase):
     def _register_limit_scripts(self) -> None:
         """Called by ``Storage.__init__``: register this mixin's Lua scripts."""
         self._limit_acquire = self._script("limit_acquire")
@@ -78,15 +83,16 @@ class LimitOps:
     def limit_reap(self, identity: str) -> int:
         """Release every lease of dead process ``identity``; -1 if it turned out to be alive."""
         holds = self.keys.limit_holds(identity)
-        names = [_text(n) for n in self.client.zrange(holds, 0, -1)]
+        names = [_text(n) for n in cast("list[bytes]", self.client.zrange(holds, 0, -1))]
         return int(self._limit_reap(
             keys=[self.keys.process(identity), holds, *(self.keys.limit(n) for n in names)],
             args=[f"{identity}|"]))
 
     def limit_names(self, since: float) -> list[tuple[str, float]]:
         """(name, last used) of the limiters used since ``since`` (epoch seconds), by name."""
-        rows = self.client.zrangebyscore(self.keys.limits, since * 1000.0, "+inf",
-                                         withscores=True)
+        rows = cast("list[tuple[bytes, float]]",
+                    self.client.zrangebyscore(self.keys.limits, since * 1000.0, "+inf",
+                                              withscores=True))
         return sorted((_text(name), score / 1000.0) for name, score in rows)
 
     def limit_states(self, names: Sequence[tuple[str, float]]) -> tuple[float, list[LimitState]]:
@@ -119,7 +125,7 @@ class LimitOps:
         pipe.execute()
 
 
-def _read_state(pipe, kind: str, key: str) -> None:
+def _read_state(pipe: Pipeline, kind: str, key: str) -> None:
     if kind in ("concurrent", "bucket"):
         pipe.zrange(key, 0, -1, withscores=True)
     elif kind == "window":

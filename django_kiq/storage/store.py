@@ -16,9 +16,12 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import redis
+from redis.commands.core import Script
 
+from .base import ScriptArg
 from .keys import Keys
 from .batches import BatchMark, BatchOps, ResultWrite
 from .control import ControlOps
@@ -122,7 +125,7 @@ class Storage(SetOps, PeriodicOps, ResultOps, ControlOps, BatchOps, LimitOps):
         return Storage(client, self.keys, dead_max_jobs=self.dead_max_jobs,
                        dead_timeout=self.dead_timeout)
 
-    def _script(self, name: str):
+    def _script(self, name: str) -> Script:
         # Lua cannot import: "-- include: x.lua" pastes a shared library in (batch_lib.lua).
         text = LUA_INCLUDE.sub(lambda m: (LUA_DIR / m.group(1)).read_text(),
                                (LUA_DIR / f"{name}.lua").read_text())
@@ -157,7 +160,8 @@ class Storage(SetOps, PeriodicOps, ResultOps, ControlOps, BatchOps, LimitOps):
             for queue in stale:
                 self._registered[queue] = now
 
-    def _push_one(self, client, queue: str, raws: list[bytes], *, register: bool) -> None:
+    def _push_one(self, client: redis.Redis, queue: str, raws: list[bytes], *,
+                  register: bool) -> None:
         if register:
             self._push(keys=[self.keys.queues, self.keys.queue(queue)], args=[queue, *raws],
                        client=client)
@@ -176,14 +180,20 @@ class Storage(SetOps, PeriodicOps, ResultOps, ControlOps, BatchOps, LimitOps):
     # -- worker: fetch, wait, settle ---------------------------------------------------------
 
     def fetch(self, identity: str, queues: Sequence[str], count: int,
-              acks: Sequence[bytes] = ()) -> tuple[list[tuple[str, bytes]], set[str]]:
-        """Ack ``acks``, move up to ``count`` jobs into the in-progress list.
+              acks: Sequence[bytes] = (), settles: Sequence[Settle] = (),
+              ) -> tuple[list[tuple[str, bytes]], set[str]]:
+        """Ack ``acks``, settle ``settles`` (done jobs with cleanups: :meth:`settle`), move up
+        to ``count`` jobs into the in-progress list; one round trip.
 
         Returns the (queue, payload) pairs fetched and the names of the paused queues skipped.
         """
         keys = [self.keys.wip(identity), self.keys.paused_queues,
                 *(self.keys.queue(q) for q in queues)]
-        flat = self._fetch(keys=keys, args=[count, len(acks), *acks, *queues])
+        args: list[ScriptArg] = [count, len(acks), *acks, *queues]
+        if settles:
+            flat = self._settle_then_fetch(identity, settles, keys, args)
+        else:
+            flat = self._fetch(keys=keys, args=args)
         npaused = int(flat[0])
         paused = {queues[int(i) - 1] for i in flat[1:1 + npaused]}
         rest = flat[1 + npaused:]
@@ -198,7 +208,31 @@ class Storage(SetOps, PeriodicOps, ResultOps, ControlOps, BatchOps, LimitOps):
         within a round trip of a push, whoever pushed it (Ruby Sidekiq included).
         """
         key = self.keys.queue(queue)
-        return self.client.blmove(key, key, timeout, "RIGHT", "RIGHT") is not None
+        # redis-py types the timeout int; BLMOVE takes fractional seconds (Redis >= 6).
+        return self.client.blmove(key, key, timeout, "RIGHT",  # type: ignore[arg-type]
+                                  "RIGHT") is not None
+
+    def _settle_then_fetch(self, identity: str, settles: Sequence[Settle], keys: list,
+                           args: list) -> list:
+        """settle.lua then fetch.lua, pipelined as EVALSHA (a pipelined Script would ask
+        SCRIPT EXISTS first: a second round trip). A script Redis lost (restart, SCRIPT FLUSH)
+        is run again on its own, which loads it. Any other error is raised, after the fetch
+        ran or not: the caller reconciles, as after any failed fetch."""
+        settle_keys, settle_args = self._settle_args(identity, settles, "fetch", False,
+                                                     time.time())
+        pipe = self.client.pipeline(transaction=False)
+        pipe.evalsha(self._settle.sha, len(settle_keys), *settle_keys, *settle_args)
+        pipe.evalsha(self._fetch.sha, len(keys), *keys, *args)
+        settled, flat = pipe.execute(raise_on_error=False)
+        if isinstance(settled, redis.exceptions.NoScriptError):
+            self._settle(keys=settle_keys, args=settle_args)
+        elif isinstance(settled, Exception):
+            raise settled
+        if isinstance(flat, redis.exceptions.NoScriptError):
+            flat = self._fetch(keys=keys, args=args)
+        elif isinstance(flat, Exception):
+            raise flat
+        return flat
 
     def settle(self, identity: str, entries: Sequence[Settle], *, lane: str = "fetch",
                guard: bool = False, now: float | None = None) -> list[int] | None:
@@ -209,6 +243,14 @@ class Storage(SetOps, PeriodicOps, ResultOps, ControlOps, BatchOps, LimitOps):
         if not entries:
             return []
         now = time.time() if now is None else now
+        keys, args = self._settle_args(identity, entries, lane, guard, now)
+        flags = self._settle(keys=keys, args=args)
+        if flags and flags[0] == -1:
+            return None
+        return [int(f) for f in flags]
+
+    def _settle_args(self, identity: str, entries: Sequence[Settle], lane: str, guard: bool,
+                     now: float) -> tuple[list, list]:
         keys = [self.keys.wip(identity, lane), self.keys.process(identity), self.keys.queues]
         args: list = ["1" if guard else "0", self.dead_max_jobs, repr(now - self.dead_timeout)]
         unused = keys[0]  # a key settle.lua never touches for this entry
@@ -226,10 +268,7 @@ class Storage(SetOps, PeriodicOps, ResultOps, ControlOps, BatchOps, LimitOps):
                              cleanup + flags, *more_args])
                 continue
             args.extend([e.kind, e.old, e.new, extra, e.jid if e.unlock else "", cleanup])
-        flags = self._settle(keys=keys, args=args)
-        if flags and flags[0] == -1:
-            return None
-        return [int(f) for f in flags]
+        return keys, args
 
     def _dest_key(self, entry: Settle) -> str:
         if entry.kind in ("q", "l"):
@@ -239,7 +278,7 @@ class Storage(SetOps, PeriodicOps, ResultOps, ControlOps, BatchOps, LimitOps):
         return self.keys.wip_registry  # unused by "x"; any key name keeps KEYS aligned
 
     def wip_items(self, identity: str, lane: str = "fetch") -> list[bytes]:
-        return self.client.lrange(self.keys.wip(identity, lane), 0, -1)
+        return cast("list[bytes]", self.client.lrange(self.keys.wip(identity, lane), 0, -1))
 
     def claim_due(self, set_name: str, identity: str, now: float | None,
                   limit: int) -> list[bytes]:
@@ -275,15 +314,18 @@ class Storage(SetOps, PeriodicOps, ResultOps, ControlOps, BatchOps, LimitOps):
 
     def clock_offsets(self) -> dict[str, float]:
         """identity -> clock offset of every live process that published one recently."""
-        identities = sorted(i.decode() for i in self.client.smembers(self.keys.processes))
+        members = cast("set[bytes]", self.client.smembers(self.keys.processes))
+        identities = sorted(i.decode() for i in members)
         if not identities:
             return {}
         values = self.client.mget([self.keys.clock(i) for i in identities])
         offsets = {}
         for identity, value in zip(identities, values):
+            if value is None:  # none published yet
+                continue
             try:
                 offset = float(value)
-            except (TypeError, ValueError):  # none published yet, or not ours to read
+            except ValueError:  # not ours to read
                 continue
             if math.isfinite(offset):
                 offsets[identity] = offset
@@ -323,7 +365,8 @@ class Storage(SetOps, PeriodicOps, ResultOps, ControlOps, BatchOps, LimitOps):
         pipe.hsetnx(k.wip_registry, ident, beat.info)
         pipe.delete(k.work(ident))
         if beat.work:
-            pipe.hset(k.work(ident), mapping=beat.work)
+            # redis-py's mapping key type is invariant: no dict[str, str] fits it
+            pipe.hset(k.work(ident), mapping=beat.work)  # type: ignore[arg-type]
             pipe.expire(k.work(ident), max(1, int(beat.ttl)))
         for name, count in (("processed", beat.processed), ("failed", beat.failed)):
             if count:
@@ -370,7 +413,8 @@ class Storage(SetOps, PeriodicOps, ResultOps, ControlOps, BatchOps, LimitOps):
         pipe = self.client.pipeline(transaction=True)
         pipe.delete(k.work(identity))
         if work:
-            pipe.hset(k.work(identity), mapping=work)
+            # redis-py's mapping key type is invariant: no dict[str, str] fits it
+            pipe.hset(k.work(identity), mapping=work)  # type: ignore[arg-type]
             pipe.expire(k.work(identity), ttl_s)
         pipe.hset(k.process(identity), "busy", busy)
         pipe.expire(k.process(identity), ttl_s)
@@ -386,7 +430,8 @@ class Storage(SetOps, PeriodicOps, ResultOps, ControlOps, BatchOps, LimitOps):
 
     def orphans(self) -> list[str]:
         """Identities in the in-progress registry whose heartbeat hash has expired."""
-        identities = [i.decode() for i in self.client.hkeys(self.keys.wip_registry)]
+        identities = [i.decode()
+                      for i in cast("list[bytes]", self.client.hkeys(self.keys.wip_registry))]
         if not identities:
             return []
         pipe = self.client.pipeline(transaction=False)
@@ -398,8 +443,9 @@ class Storage(SetOps, PeriodicOps, ResultOps, ControlOps, BatchOps, LimitOps):
         """Where this storage points, for banners and logs (no password)."""
         pool = self.client.connection_pool
         kwargs = pool.connection_kwargs
-        if getattr(pool, "service_name", None):  # Sentinel: the master's address may change
-            return f"sentinel master {pool.service_name}/{kwargs.get('db', 0)}"
+        service = getattr(pool, "service_name", None)
+        if service:  # Sentinel: the master's address may change
+            return f"sentinel master {service}/{kwargs.get('db', 0)}"
         where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '')}"
         namespace = f" namespace {self.keys.namespace!r}" if self.keys.namespace else ""
         return f"{where}/{kwargs.get('db', 0)}{namespace}"
@@ -414,6 +460,7 @@ class Storage(SetOps, PeriodicOps, ResultOps, ControlOps, BatchOps, LimitOps):
 
     def config_get(self, name: str) -> dict:
         return {k if isinstance(k, str) else k.decode(): v if isinstance(v, str) else v.decode()
-                for k, v in self.client.config_get(name).items()}
+                for k, v in cast("dict[bytes | str, bytes | str]",
+                                 self.client.config_get(name)).items()}
 
 

@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from .. import limits, payload, retry
+from .. import limits, payload, retry, workflows
 from ..storage import TRANSIENT_ERRORS, Settle, Storage
 
 logger = logging.getLogger("django_kiq.fetcher")
@@ -71,9 +71,11 @@ class Fetcher:
         self.order = order
         self.paused: frozenset[str] = frozenset()  # as of the last fetch
 
-    def fetch(self, count: int, acks: Sequence[bytes]) -> list[tuple[str, bytes]]:
-        """Acknowledge ``acks`` and move up to ``count`` jobs into the in-progress list."""
-        jobs, paused = self.store.fetch(self.identity, self.order.next(), count, acks)
+    def fetch(self, count: int, acks: Sequence[bytes],
+              settles: Sequence[Settle] = ()) -> list[tuple[str, bytes]]:
+        """Acknowledge ``acks``, settle ``settles`` (done jobs with cleanups) and move up to
+        ``count`` jobs into the in-progress list, in one round trip."""
+        jobs, paused = self.store.fetch(self.identity, self.order.next(), count, acks, settles)
         self.paused = frozenset(paused)
         return jobs
 
@@ -197,7 +199,9 @@ def _count_recovery(raw: bytes, *, now: float) -> tuple[dict, int] | Settle:
 def _poison(job: dict, raw: bytes, now: float, why: str) -> Settle:
     job.update({"error_class": "django_kiq.PoisonJob", "failed_at": now,
                 "error_message": f"{why}; moved to dead instead of running again"})
-    return Settle(kind="d", old=raw, new=payload.encode(job), score=now)
+    # Dead like any other way: counted in its batch (on_death), its result failed, in this step.
+    return Settle(kind="d", old=raw, new=payload.encode(job), score=now,
+                  **workflows.dead_cleanups(job))
 
 
 def recover_orphans(store: Storage, *, poison_limit: int, now: float | None = None) -> int:

@@ -5,8 +5,10 @@ Threads (all named ``kiq-*``):
   pending acknowledgements and fetches as many jobs as there are free processor slots in one
   round trip (``fetch.lua``), then hands them to the processors through an in-memory buffer.
 - ``kiq-processor-N`` (concurrency of them): run one job at a time through the processor and
-  report the outcome. Done jobs are acknowledged in the fetcher's next pass; retries, deaths and
-  discards are written at once with ``settle.lua``.
+  report the outcome. Done jobs are acknowledged in the fetcher's next pass, and so are done
+  jobs with cleanups (a result record, a batch count, a unique lock, a checkpoint): one
+  ``settle.lua`` call per pass for all of them; retries, deaths and discards are written at
+  once with ``settle.lua``.
 - ``kiq-wait-<queue>``: while the process is idle, block on a queue until it holds a job (a
   non-destructive BLMOVE), then wake the fetcher; so pickup takes a round trip, not a poll.
 
@@ -63,6 +65,10 @@ class Manager:
         self._changes = 0  # bumped whenever _running changes: the heartbeat's "work is stale"
         self._job_seconds = 1.0  # moving average of job run time; starts pessimistic
         self._acks: list[bytes] = []
+        # Done jobs with cleanups (workflows, unique locks, checkpoints): settled like acks, in
+        # one call per fetcher pass. Until it succeeds the job stays in the in-progress list;
+        # a crash reruns it, and its cleanups count once (settle.lua acts only if LREM did).
+        self._done: list[Settle] = []
         self._wake = threading.Event()
         self._idle = threading.Event()
         self._quiet = threading.Event()
@@ -83,7 +89,7 @@ class Manager:
         for queue in self.queues:
             self._threads.append(self._spawn(f"kiq-wait-{queue}", self._wait_loop, queue))
 
-    def _spawn(self, name: str, target: Callable, *args) -> threading.Thread:
+    def _spawn(self, name: str, target: Callable, *args: object) -> threading.Thread:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
         thread.start()
         return thread
@@ -140,9 +146,10 @@ class Manager:
             # look at what still runs was in neither, so it stayed in progress and ran again
             # after recovery. Finishing after this snapshot, it is requeued (and runs again).
             acks, self._acks = self._acks, []
+            done, self._done = self._done, []
             # Started later = fetched later: push those first so the oldest ends at the head.
             left = sorted(self._running.values(), key=lambda r: r[3], reverse=True)
-        entries = [Settle(kind="x", old=raw) for raw in acks] + plan_cutoff(
+        entries = [Settle(kind="x", old=raw) for raw in acks] + done + plan_cutoff(
             ((q, raw) for q, raw, _, _ in left), identity=self.identity,
             poison_limit=self.poison_limit, now=time.time())
         if entries:
@@ -174,7 +181,8 @@ class Manager:
     def _known(self) -> list[bytes]:
         with self._cond:
             return ([raw for _, raw, _, _ in self._running.values()] +
-                    [raw for _, raw in self._buffer] + list(self._acks))
+                    [raw for _, raw in self._buffer] + list(self._acks) +
+                    [entry.old for entry in self._done])
 
     # -- processor threads ---------------------------------------------------------------------
 
@@ -210,8 +218,10 @@ class Manager:
             self._finish(name, queue, outcome, time.perf_counter() - started)
 
     def _finish(self, name: str, queue: str, outcome: Outcome, elapsed: float) -> None:
+        settle = outcome.needs_settle
+        deferred = settle and outcome.kind == "done"
         try:
-            if outcome.needs_settle:
+            if settle and not deferred:
                 # Until this succeeds the job stays in the in-progress list (and in _running, so
                 # a reconcile never adopts it); if Redis never comes back, orphan recovery
                 # reruns it.
@@ -220,7 +230,9 @@ class Manager:
         except Exception:  # noqa: BLE001 - the thread lives on; the job stays in progress
             logger.exception("could not write a job's outcome; it stays in progress")
         with self._cond:
-            if not outcome.needs_settle:
+            if deferred:
+                self._done.append(self._settle_entry(outcome))
+            elif not settle:
                 self._acks.append(outcome.raw)
             self._running.pop(name, None)
             self._changes += 1
@@ -280,23 +292,29 @@ class Manager:
 
     def _fetch_loop(self) -> None:
         backoff = Backoff("fetcher", self._stop)
-        reconcile = False
+        reconcile = isolate = False
         while not self._stop.is_set():
             with self._cond:
                 acks, self._acks = self._acks, []
+                done, self._done = self._done, []
                 free = 0 if self._quiet.is_set() else (
                     self.concurrency + self._prefetch() - len(self._running) - len(self._buffer)
                     + (self.async_runner.room() if self.async_runner is not None else 0))
-            if free <= 0 and not acks:
+            if free <= 0 and not acks and not done:
                 self._idle.clear()
                 self._wake.wait(timeout=1.0)
                 self._wake.clear()
                 continue
             try:
                 if reconcile:
-                    self._dispatch(self.fetcher.reconcile(self._known() + acks))
+                    self._dispatch(self.fetcher.reconcile(
+                        self._known() + acks + [entry.old for entry in done]))
                     reconcile = False
-                jobs = self.fetcher.fetch(max(free, 0), acks)
+                if done and isolate:  # the combined call failed: settle these on their own
+                    self._settle_done(done)
+                    done, isolate = [], False
+                # settle.lua acts once per job: a repeat after a lost reply is harmless.
+                jobs = self.fetcher.fetch(max(free, 0), acks, done)
             except Exception as exc:
                 # Transient or not (an UNBLOCKED reply after REPLICAOF, say), the thread lives
                 # on: a dead fetcher under a live heartbeat would strand the process's jobs.
@@ -304,6 +322,8 @@ class Manager:
                     logger.exception("fetcher: unexpected error; retrying")
                 with self._cond:
                     self._acks[:0] = acks  # LREM is harmless to repeat if it did run
+                    self._done[:0] = done
+                isolate = bool(done) and not isinstance(exc, TRANSIENT_ERRORS)
                 reconcile = True
                 backoff.failed(exc)
                 continue
@@ -315,6 +335,25 @@ class Manager:
             self._idle.set()
             self._wake.wait(timeout=2.0)
             self._wake.clear()
+
+    def _settle_done(self, entries: list[Settle]) -> None:
+        """Settle done jobs with cleanups in one call (the fetcher's pass). Transient errors
+        raise (the pass retries them); if Redis refuses the call for a reason of its own, each
+        entry goes alone, and one it still refuses is acknowledged without its cleanups rather
+        than block the others."""
+        try:
+            self.store.settle(self.identity, entries)
+            return
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception:  # noqa: BLE001 - isolate the entry Redis refuses
+            logger.exception("unexpected error settling %d done job(s); one at a time",
+                             len(entries))
+        for entry in entries:
+            def ack_only(exc: Exception, raw: bytes = entry.old) -> list[Settle]:
+                return [Settle(kind="x", old=raw)]
+
+            self._settle_retrying([entry], deadline=time.monotonic() + 5, fallback=ack_only)
 
     def _prefetch(self) -> int:
         """Jobs to hold beyond the free threads (caller holds the lock).

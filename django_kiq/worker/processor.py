@@ -36,7 +36,7 @@ from ..execution import CurrentJob
 from ..middleware import build_chain
 from ..observability import worker_hooks
 from ..stats import Counters
-from . import database
+from . import database, logsetup
 from .control import Control
 
 if TYPE_CHECKING:
@@ -84,7 +84,8 @@ class Outcome(NamedTuple):
     an iterable job that checkpointed at a shutdown), "cancelled" or "expired" (both dropped).
     The cleanup fields say what ends with the job in the same settle step: its unique lock
     (``unlock``, held by ``jid``), its iterable checkpoint, a counter. A "done" outcome with a
-    cleanup is settled at once instead of joining the batched acknowledgements.
+    cleanup is settled with the others of the fetcher's next pass (worker/manager.py), like the
+    acknowledgements; any other outcome that needs settling is settled at once.
 
     A NamedTuple rather than a frozen dataclass: one is built per job, and a tuple builds in
     a third of the time (0.4 against 1.4 µs with nine fields).
@@ -98,7 +99,7 @@ class Outcome(NamedTuple):
     unlock: str = ""
     jid: str = ""
     drop_cursor: bool = False
-    count: str = ""
+    count: str = ""  # type: ignore[assignment]  # shadows tuple.count, never called on it
     # Workflows (docs/workflows.md), None unless the job asked: its result record and its
     # batch's count, written in the same settle step (storage.ResultWrite / BatchMark).
     result: Any = None
@@ -188,9 +189,10 @@ class Processor:
         """
         assert ctx.current is not None
         threaded = ctx.awaited is None
-        if threaded:
+        depths = None
+        if threaded and database.may_be_open():  # skipped while the thread holds none
             _close_old_connections()
-        depths = database.atomic_depths() if threaded else None
+            depths = database.atomic_depths()
         try:
             ctx.value = self.chain(ctx)
         except BaseException as exc:  # noqa: BLE001 - SystemExit too: a failure like any
@@ -205,9 +207,10 @@ class Processor:
                 ctx.decision = self._decide(ctx, exc)
             return self._outcome(ctx)
         finally:
-            if depths is not None:
-                database.end_open_transactions(depths, jid=ctx.jid, name=ctx.display_name)
+            if threaded and database.may_be_open():  # before, or opened by the job
+                database.end_open_transactions(depths or {}, jid=ctx.jid, name=ctx.display_name)
                 _close_old_connections()
+                database.note_closed()
         if ctx.current.cancelled:  # it caught JobCancelled, cleaned up and returned
             return self._ended(ctx, "cancelled")
         return self._done(ctx)
@@ -280,7 +283,12 @@ class Processor:
         except BaseException:  # noqa: BLE001 - fall back to the raw text, which always encodes
             new = payload.encode(payload.malformed_record(raw, queue=queue, reason=reason,
                                                           now=now))
-        return Outcome(kind="dead", raw=raw, new=new, at=now)
+            return Outcome(kind="dead", raw=raw, new=new, at=now)
+        try:  # dead like any other way: counted in its batch, its result failed
+            return Outcome(kind="dead", raw=raw, new=new, at=now,
+                           **workflows.dead_cleanups(job, self.settings))
+        except Exception:  # noqa: BLE001 - a job hash the bookkeeping cannot read: dead alone
+            return Outcome(kind="dead", raw=raw, new=new, at=now)
 
     def idle(self) -> None:
         """Called by an idle processor thread about once a second: close this thread's
@@ -294,9 +302,11 @@ class Processor:
 
     def _outcome(self, ctx: JobContext) -> Outcome:
         d = ctx.decision
+        assert d is not None  # set by the retry middleware, or by _decide
         if d.kind == "retry":  # keeps its unique lock and its checkpoint for the next attempt
+            assert d.at is not None  # a retry has its time
             return Outcome(kind="retry", raw=ctx.raw, new=payload.encode(d.job), at=d.at)
-        ended = {"unlock": unique.lock_of(ctx.job), "jid": ctx.jid,
+        ended: dict[str, Any] = {"unlock": unique.lock_of(ctx.job), "jid": ctx.jid,
                  "drop_cursor": bool(ctx.job.get("kiq_iterable"))}
         if d.kind == "dead":
             return Outcome(kind="dead", raw=ctx.raw, new=payload.encode(d.job), at=self.now(),
@@ -326,6 +336,7 @@ class Processor:
     def _invoke(self, ctx: JobContext) -> Any:
         if ctx.awaited is not None:
             return ctx.awaited.replay()
+        assert ctx.definition is not None  # _call raised UnknownJob otherwise
         func = ctx.definition.func
         kwargs = ctx.job.get("kwargs") or {}
         if ctx.definition.options.iterable and self.control is not None:
@@ -345,6 +356,7 @@ class Processor:
         The cursor is saved at most every CHECKPOINT_INTERVAL seconds, and when the worker
         stops: the job then ends at an item boundary and is requeued, to resume from there.
         """
+        assert self.control is not None and ctx.current is not None  # a worker's job (_invoke)
         saved = self.control.load_checkpoint(ctx.jid)
         cursor = json.loads(saved.cursor) if saved is not None else None
         done = saved.done if saved is not None else 0
@@ -371,11 +383,13 @@ class Processor:
     # -- built-in middleware -------------------------------------------------------------------
 
     def _log(self, call_next: Callable) -> Callable:
+        # One line per finished job at INFO; the start line is DEBUG (issue 16: at INFO two
+        # lines per job cost more than the job). worker/logsetup.py writes them off-thread.
         def log(ctx: JobContext) -> Any:
             verbose = logger.isEnabledFor(logging.INFO)
-            if verbose:
-                logger.info("start jid=%s job=%s queue=%s", ctx.jid, ctx.display_name, ctx.queue,
-                            extra=_fields(ctx, None))
+            if verbose and logger.isEnabledFor(logging.DEBUG):
+                logger.debug("start jid=%s job=%s queue=%s", ctx.jid, ctx.display_name, ctx.queue,
+                             extra=_fields(ctx, None))
             try:
                 result = call_next(ctx)
             except BaseException as exc:  # noqa: BLE001 - logged, then re-raised
@@ -396,8 +410,9 @@ class Processor:
                 raise
             if verbose:
                 elapsed = time.monotonic() - ctx.started
-                logger.info("done jid=%s job=%s elapsed=%.3fs", ctx.jid, ctx.display_name,
-                            elapsed, extra=_fields(ctx, "done", elapsed))
+                logsetup.job_line(logger, logging.INFO, "done jid=%s job=%s queue=%s elapsed=%.3fs",
+                                  (ctx.jid, ctx.display_name, ctx.queue, elapsed),
+                                  _fields(ctx, "done", elapsed))
             return result
         return log
 
