@@ -23,7 +23,7 @@ from typing import Any
 import redis.asyncio
 
 from .connection import CONNECT_TIMEOUT, SOCKET_TIMEOUT
-from .control import UniquePush, _text
+from .control import UniquePush, unique_holders, unique_push_call
 from .keys import Keys
 from .store import LUA_DIR, PUSH_BATCH
 
@@ -74,15 +74,9 @@ class AsyncStorage:
         """
         pipe = self.client.pipeline(transaction=False)
         for item in items:
-            if item.at is None:
-                keys = [self.keys.unique(item.digest), self.keys.queues,
-                        self.keys.queue(item.queue)]
-                args: list[Any] = ["q", item.jid, item.ttl_ms, item.raw, item.queue]
-            else:
-                keys = [self.keys.unique(item.digest), self.keys.queues, self.keys.schedule]
-                args = ["z", item.jid, item.ttl_ms, item.raw, repr(float(item.at))]
+            keys, args = unique_push_call(self.keys, item)
             await self._unique_push(keys=keys, args=args, client=pipe)
-        return [None if int(reply[0]) == 1 else _text(reply[1]) for reply in await pipe.execute()]
+        return unique_holders(await pipe.execute())
 
     async def close(self) -> None:
         await self.client.aclose()

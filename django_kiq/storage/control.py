@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from .base import ScriptArg, StorageBase
+from .keys import Keys
 
 #: Recent cancellations kept in Redis, so a job cancelled while in flight is still dropped.
 CANCELLATIONS_KEPT = 10_000
@@ -55,18 +56,9 @@ class ControlOps(StorageBase):
         """
         pipe = self.client.pipeline(transaction=False)
         for item in items:
-            if item.at is None:
-                keys = [self.keys.unique(item.digest), self.keys.queues,
-                        self.keys.queue(item.queue)]
-                args: list[ScriptArg] = ["q", item.jid, item.ttl_ms, item.raw, item.queue]
-            else:
-                keys = [self.keys.unique(item.digest), self.keys.queues, self.keys.schedule]
-                args = ["z", item.jid, item.ttl_ms, item.raw, repr(float(item.at))]
+            keys, args = unique_push_call(self.keys, item)
             self._unique_push(keys=keys, args=args, client=pipe)
-        out: list[str | None] = []
-        for reply in pipe.execute():
-            out.append(None if int(reply[0]) == 1 else _text(reply[1]))
-        return out
+        return unique_holders(pipe.execute())
 
     def release_unique(self, pairs: Sequence[tuple[str, str]]) -> None:
         """Release (digest, jid) locks that those jids still hold (one round trip)."""
@@ -158,6 +150,20 @@ class ControlOps(StorageBase):
                               saved_at=float(values.get(b"saved_at", 0)))
         except ValueError:  # read from Redis: a damaged checkpoint restarts from the beginning
             return None
+
+
+def unique_push_call(keys: Keys, item: UniquePush) -> tuple[list[str], list[ScriptArg]]:
+    """``unique_push.lua``'s KEYS and ARGV for one job (shared by the sync and async clients)."""
+    if item.at is None:
+        return ([keys.unique(item.digest), keys.queues, keys.queue(item.queue)],
+                ["q", item.jid, item.ttl_ms, item.raw, item.queue])
+    return ([keys.unique(item.digest), keys.queues, keys.schedule],
+            ["z", item.jid, item.ttl_ms, item.raw, repr(float(item.at))])
+
+
+def unique_holders(replies: Sequence[Any]) -> list[str | None]:
+    """Per job: None when ``unique_push.lua`` pushed it, else the jid holding its lock."""
+    return [None if int(reply[0]) == 1 else _text(reply[1]) for reply in replies]
 
 
 def _text(value: bytes | str) -> str:
