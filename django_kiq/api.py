@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import ClassVar
 
-from . import payload, storage
+from . import payload, storage, workflows
 from .cancellation import cancel
 from .controls import (Checkpoint, UniqueLock, checkpoint, expires_at_of, lock_pair,
-                       lock_pair_of, timeout_of, unique_lock)
+                       timeout_of, unique_lock)
 from .batches import BatchStatus as Batch  # noqa: F401 - api.Batch(bid): a batch's status
 from .exceptions import MalformedPayload
 from .limits import LimitRecord, records as limits, reset as reset_limit
@@ -60,6 +60,19 @@ def _requeue_plan(raw: bytes, now: float) -> tuple[bytes, bytes, str] | None:
     except MalformedPayload:
         return None
     return raw, payload.encode(job), job["queue"]
+
+
+def _leaving(record: JobRecord) -> storage.Leaving | None:
+    """What goes with a job deleted or killed here: its unique lock (if it still holds it)
+    and, for a job of a batch, its count as dead there (as any other way to dead)."""
+    lock = lock_pair(record)
+    mark = None if record.malformed else workflows.dead_cleanups(record.fields).get("batch")
+    return storage.Leaving(lock=lock, mark=mark) if lock or mark else None
+
+
+def _leaving_of(raw: bytes) -> storage.Leaving | None:
+    """:func:`_leaving` of a member's bytes (the storage layer's callback on bulk actions)."""
+    return _leaving(decode_record(raw))
 
 
 def _glob_escape(text: str) -> str:
@@ -203,16 +216,17 @@ class Queue:
 
     def delete(self, jid_or_record: str | JobRecord) -> bool:
         """Remove one member with exactly the record's bytes (a jid: the first job :meth:`find`
-        finds). True if it was still there. A unique job's lock goes with it."""
+        finds). True if it was still there. A unique job's lock goes with it; a job of a
+        batch counts as dead in it (docs/workflows.md)."""
         record = (jid_or_record if isinstance(jid_or_record, JobRecord)
                   else self.find(jid_or_record))
         return record is not None and self._store.queue_remove(
-            self.name, record.raw, lock_pair(record)) > 0
+            self.name, record.raw, _leaving(record)) > 0
 
     def clear(self) -> int:
         """Delete every job and forget the queue; returns how many jobs it held. The locks
-        its unique jobs held are released."""
-        return self._store.queue_clear(self.name, lock_pair_of)
+        its unique jobs held are released; its batch jobs count as dead in their batches."""
+        return self._store.queue_clear(self.name, _leaving_of)
 
     @property
     def paused(self) -> bool:
@@ -342,19 +356,21 @@ class JobSet:
         return self.retry_now(items, now)
 
     def delete(self, items: Iterable[str | JobRecord]) -> int:
-        """Remove entries; a unique job's lock goes with it (if it still holds it)."""
+        """Remove entries; a unique job's lock goes with it (if it still holds it), a job of a
+        batch counts as dead in it."""
         records = self._resolve(items)
         return self._store.set_remove(self.name, [r.raw for r in records],
-                                      [lock_pair(r) for r in records])
+                                      [_leaving(r) for r in records])
 
     def kill(self, items: Iterable[str | JobRecord], now: float | None = None) -> int:
         """Move entries, byte for byte, to the dead set (score = now), which is then trimmed.
-        A dead job holds no unique lock: each is released in the same step."""
+        A dead job holds no unique lock: each is released in the same step, and a job of a
+        batch counts as dead in it."""
         self._check_kill()
         now = time.time() if now is None else now
         records = self._resolve(items)
         return self._store.set_kill(self.name, [r.raw for r in records], now,
-                                    [lock_pair(r) for r in records])
+                                    [_leaving(r) for r in records])
 
     def _check_kill(self) -> None:
         if not self.can_kill:
@@ -385,20 +401,22 @@ class JobSet:
         return self.retry_all(now)
 
     def delete_all(self) -> int:
-        """Delete every entry; the locks its unique jobs held are released."""
-        return self._store.set_clear(self.name, lock_pair_of)
+        """Delete every entry; the locks its unique jobs held are released, its batch jobs
+        count as dead in their batches (once: a dead job counted already is not again)."""
+        return self._store.set_clear(self.name, _leaving_of)
 
     def kill_all(self, now: float | None = None) -> int:
-        """Move every entry (malformed ones too), byte for byte, to the dead set. Unique jobs
-        go first, found by Redis (ZSCAN MATCH), each with its lock released in the same step;
-        the rest move server-side. A unique job added meanwhile keeps its lock until its TTL."""
+        """Move every entry (malformed ones too), byte for byte, to the dead set. Unique and
+        batch jobs go first, found by Redis (ZSCAN MATCH), each with its lock released and its
+        batch count made in the same step; the rest move server-side. A unique or batch job
+        added meanwhile is caught there and its lock and count follow in a second step."""
         self._check_kill()
-        moved = self._store.set_kill_unique(self.name, time.time() if now is None else now,
-                                            lock_pair_of)
+        moved = self._store.set_kill_marked(self.name, time.time() if now is None else now,
+                                            _leaving_of)
         budget = self.size()
         while budget > 0:
             count = self._store.set_kill_batch(self.name, time.time() if now is None else now,
-                                               BATCH)
+                                               BATCH, _leaving_of)
             moved += count
             budget -= count
             if count < BATCH:

@@ -88,6 +88,20 @@ async def aget(jid: str) -> JobResult | None:
     return await sync_to_async(get, thread_sensitive=False)(jid)
 
 
+def of_jobs(jobs: list[dict[str, Any]]) -> dict[str, JobResult]:
+    """{jid: result} of the job hashes that keep a result record and have one, in one
+    pipelined read; nothing is read when none keeps a result (``result_ttl``, docs/workflows.md).
+    The admin's queue page shows a page of queued jobs' status and progress with it."""
+    from .conf import get_settings
+    from .workflows import result_ttl
+
+    settings = get_settings()
+    jids = [str(job.get("jid")) for job in jobs
+            if job.get("jid") and result_ttl(job, settings) is not None]
+    records = storage.get_default().job_results(jids)
+    return {jid: from_record(jid, record) for jid, record in zip(jids, records) if record}
+
+
 def from_record(jid: str, record: dict[str, str]) -> JobResult:
     """Read from Redis: a field that does not parse reads as missing."""
     status = record.get("status", "queued")

@@ -15,6 +15,7 @@ from django.utils import timezone
 from django.utils.timesince import timesince, timeuntil
 
 from django_kiq.api import JobRecord
+from django_kiq.results import JobResult
 
 ARGS_PREVIEW_CHARS = 120
 
@@ -93,12 +94,13 @@ class JobRow:
     enqueued_at: Moment | None
     failed_at: Moment | None
     error: str
+    result: JobResult | None = None  # its result record, where a page reads them (queue page)
 
     @classmethod
-    def build(cls, record: JobRecord, url: str) -> "JobRow":
+    def build(cls, record: JobRecord, url: str, result: JobResult | None = None) -> "JobRow":
         return cls(record=record, url=url, args=args_preview(record), at=moment(record.score),
                    enqueued_at=moment(record.enqueued_at), failed_at=moment(record.failed_at),
-                   error=error_line(record))
+                   error=error_line(record), result=result)
 
 
 def error_line(record: JobRecord, limit: int = 200) -> str:

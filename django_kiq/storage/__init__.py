@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING
 from .batches import BatchMark, BatchPush, ResultWrite
 from .control import Checkpoint, UniquePush
 from .keys import Keys
+from .sets import Leaving
 from .store import TRANSIENT_ERRORS, Heartbeat, RedisError, Settle, Storage
 
 if TYPE_CHECKING:
     from django_kiq.conf import KiqSettings
 
 __all__ = ["Keys", "Storage", "Settle", "Heartbeat", "TRANSIENT_ERRORS", "RedisError",
-           "UniquePush", "Checkpoint", "BatchMark", "BatchPush", "ResultWrite",
+           "UniquePush", "Checkpoint", "BatchMark", "BatchPush", "ResultWrite", "Leaving",
            "get_default", "reset_default", "from_settings"]
 
 _lock = threading.Lock()

@@ -6,8 +6,9 @@ A mixin of :class:`~django_kiq.storage.store.Storage`: methods use ``self.client
 read is bounded: lists and sets are paged by index or scanned in pages, never loaded whole.
 Members travel as the exact bytes Redis holds, so a delete or move always names the member that
 is there; moves are Lua scripts (``lua/set_*.lua``) that act only when the member was removed.
-A unique job's lock (issue 11) is released in the same script that deletes or kills its member;
-whole queues and sets are renamed aside first, then read in pages for unique jobs.
+What leaves with a member (:class:`Leaving`: a unique job's lock, issue 11; a batch job's count
+as dead in its batch, issue 13) goes in the same script that deletes or kills it; whole queues
+and sets are renamed aside first, then read in pages for the members something leaves with.
 """
 
 from __future__ import annotations
@@ -15,19 +16,34 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import cast
 
 from .base import StorageBase
+from .batches import BatchMark
 
 SIGNAL_TTL = 60  # a signal nobody picks up (the process is gone) does not linger
 # Snapshot attempts while queue/process names keep changing under it; the last read is used.
 SNAPSHOT_TRIES = 3
 TRASH_TTL = 3600  # an aside copy outlives a caller that died before dropping it, not longer
 UNIQUE_NEEDLE = b'"kiq_unique"'  # the field a unique job's hash carries (its lock's digest)
+BATCH_NEEDLE = b'"bid"'  # the field a batch job's hash carries
+NEEDLES = (UNIQUE_NEEDLE, BATCH_NEEDLE)  # a member holding neither leaves alone
 UNIQUE_PAGE = 5000  # members per set_unique_scan.lua call
 
-#: (digest, jid) of the unique lock a member holds, or None: the API decodes members, not us.
-LockOf = Callable[[bytes], "tuple[str, str] | None"]
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Leaving:
+    """What goes with a member deleted or killed through the API, in the same step: the
+    unique lock it holds (digest, jid), released if that jid still holds it, and its count
+    as dead in its batch (``mark``, outcome "d"; see set_lib.lua)."""
+
+    lock: tuple[str, str] | None = None
+    mark: BatchMark | None = None
+
+
+#: What leaves with a member, given its bytes, or None: the API decodes members, not us.
+LeavingOf = Callable[[bytes], "Leaving | None"]
 
 
 def _text(value: bytes | str) -> str:
@@ -49,7 +65,7 @@ def _int(value: bytes | str | None) -> int:
 class SetOps(StorageBase):
     dead_max_jobs: int
     dead_timeout: float
-    release_unique: Callable[[Sequence[tuple[str, str]]], None]  # ControlOps
+    _batch_keys: Callable[[str], list[str]]  # BatchOps
 
     def _register_set_scripts(self) -> None:
         """Called by ``Storage.__init__``: register this mixin's Lua scripts."""
@@ -82,15 +98,15 @@ class SetOps(StorageBase):
     def queue_oldest(self, name: str) -> bytes | None:
         return cast("bytes | None", self.client.lindex(self.keys.queue(name), -1))
 
-    def queue_remove(self, name: str, raw: bytes, lock: tuple[str, str] | None = None) -> int:
-        """Remove one member; ``lock`` (digest, jid) is released with it if that jid holds it."""
-        return self._remove("list", self.keys.queue(name), [raw], [lock])
+    def queue_remove(self, name: str, raw: bytes, leaving: Leaving | None = None) -> int:
+        """Remove one member; what ``leaving`` names goes with it (see :class:`Leaving`)."""
+        return self._remove("list", self.keys.queue(name), [raw], [leaving])
 
-    def queue_clear(self, name: str, lock_of: LockOf | None = None) -> int:
-        """Drop a queue and its registration; returns how many jobs it held. With ``lock_of``,
-        the locks of the unique jobs it held are released (see :meth:`_clear`)."""
+    def queue_clear(self, name: str, leaving_of: LeavingOf | None = None) -> int:
+        """Drop a queue and its registration; returns how many jobs it held. With
+        ``leaving_of``, what leaves with its jobs goes too (see :meth:`_clear`)."""
         self.forget_registration(name)
-        return self._clear("list", self.keys.queue(name), name, lock_of)
+        return self._clear("list", self.keys.queue(name), name, leaving_of)
 
     def pause_queue(self, name: str) -> None:
         self.client.sadd(self.keys.paused_queues, name)
@@ -131,26 +147,35 @@ class SetOps(StorageBase):
                                       count=count))
 
     def set_remove(self, set_name: str, raws: Sequence[bytes],
-                   locks: Sequence[tuple[str, str] | None] = ()) -> int:
-        """Remove members; ``locks[i]`` (digest, jid) is released with ``raws[i]`` if held."""
-        return self._remove("zset", self.keys.sorted_set(set_name), raws, locks)
+                   leaving: Sequence[Leaving | None] = ()) -> int:
+        """Remove members; what ``leaving[i]`` names goes with ``raws[i]``."""
+        return self._remove("zset", self.keys.sorted_set(set_name), raws, leaving)
 
     def _remove(self, kind: str, key: str, raws: Sequence[bytes],
-                locks: Sequence[tuple[str, str] | None]) -> int:
+                leaving: Sequence[Leaving | None]) -> int:
+        """set_remove.lua; ``kind`` "gone": the members left already, only ``leaving`` acts."""
         if not raws:
             return 0
-        lock_keys, args = self._lock_args(key, raws, locks)
-        return int(self._set_remove(keys=[key, *lock_keys], args=[kind, *args]))
+        member_keys, args = self._leaving_args(key, raws, leaving)
+        return int(self._set_remove(keys=[key, self.keys.schedule, *member_keys],
+                                    args=[kind, *args]))
 
-    def _lock_args(self, unused: str, raws: Sequence[bytes],
-                   locks: Sequence[tuple[str, str] | None]) -> tuple[list[str], list]:
-        """One lock key per member (``unused`` for none) and (member, jid) argument pairs."""
+    def _leaving_args(self, unused: str, raws: Sequence[bytes],
+                      leaving: Sequence[Leaving | None]) -> tuple[list[str], list]:
+        """Per member (set_lib.lua): its lock key (``unused`` for none) and its batch levels'
+        keys; its bytes, the lock's jid, its batch jid, the number of levels, the batch TTL."""
         keys: list[str] = []
         args: list = []
         for i, raw in enumerate(raws):
-            digest, jid = (locks[i] if i < len(locks) else None) or ("", "")
+            left = (leaving[i] if i < len(leaving) else None) or Leaving()
+            digest, jid = left.lock or ("", "")
             keys.append(self.keys.unique(digest) if digest and jid else unused)
-            args.extend([raw, jid if digest else ""])
+            mark = left.mark
+            bids = mark.bids if mark is not None else ()
+            for bid in bids:
+                keys.extend(self._batch_keys(bid))
+            args.extend([raw, jid if digest else "", mark.member if mark else "", len(bids),
+                         mark.ttl if mark else 0])
         return keys, args
 
     def set_to_queues(self, set_name: str,
@@ -179,59 +204,86 @@ class SetOps(StorageBase):
         return int(moved), int(skipped), None if unknown is None else _text(unknown)
 
     def set_kill(self, set_name: str, raws: Sequence[bytes], now: float,
-                 locks: Sequence[tuple[str, str] | None] = ()) -> int:
-        """Move members, unchanged, to the dead set (score ``now``) and trim it; ``locks[i]``
-        (digest, jid) is released with ``raws[i]`` if held (a dead job holds no lock)."""
+                 leaving: Sequence[Leaving | None] = ()) -> int:
+        """Move members, unchanged, to the dead set (score ``now``) and trim it; what
+        ``leaving[i]`` names goes with ``raws[i]`` (a dead job holds no lock; a batch job
+        counts as dead in its batch)."""
         if not raws:
             return 0
         key = self.keys.sorted_set(set_name)
-        lock_keys, args = self._lock_args(key, raws, locks)
-        return self._set_kill(keys=[key, self.keys.dead, *lock_keys],
+        member_keys, args = self._leaving_args(key, raws, leaving)
+        return self._set_kill(keys=[key, self.keys.dead, self.keys.schedule, *member_keys],
                               args=[*self._dead_trim_args(now), *args])
 
-    def set_kill_unique(self, set_name: str, now: float, lock_of: LockOf) -> int:
-        """Kill the members carrying a unique lock (found by Redis: ZSCAN MATCH), each with its
-        lock released in the same step; the start of a kill-all. Returns how many moved."""
-        moved, cursor = 0, 0
-        while True:
-            cursor, rows = self.set_scan(set_name, cursor, f"*{UNIQUE_NEEDLE.decode()}*", 1000)
-            raws = [raw for raw, _ in rows]
-            moved += self.set_kill(set_name, raws, now, [lock_of(raw) for raw in raws])
-            if cursor == 0:
-                return moved
+    def set_kill_marked(self, set_name: str, now: float, leaving_of: LeavingOf) -> int:
+        """Kill the members that something leaves with (unique and batch jobs, found by Redis:
+        ZSCAN MATCH), each in one step with what leaves with it; the start of a kill-all.
+        Returns how many moved."""
+        moved = 0
+        for needle in NEEDLES:
+            cursor = 0
+            while True:
+                cursor, rows = self.set_scan(set_name, cursor, f"*{needle.decode()}*", 1000)
+                raws = [raw for raw, _ in rows]
+                moved += self.set_kill(set_name, raws, now, [leaving_of(raw) for raw in raws])
+                if cursor == 0:
+                    break
+        return moved
 
-    def set_kill_batch(self, set_name: str, now: float, batch: int) -> int:
-        """Move the first ``batch`` members to the dead set; returns how many moved."""
-        return self._set_kill_batch(keys=[self.keys.sorted_set(set_name), self.keys.dead],
-                                    args=[*self._dead_trim_args(now), batch])
+    def set_kill_batch(self, set_name: str, now: float, batch: int,
+                       leaving_of: LeavingOf | None = None) -> int:
+        """Move the first ``batch`` members to the dead set; returns how many moved. With
+        ``leaving_of``, what leaves with the unique and batch jobs among them (ones that
+        arrived after :meth:`set_kill_marked`) goes right after, in a second step."""
+        moved, *marked = self._set_kill_batch(
+            keys=[self.keys.sorted_set(set_name), self.keys.dead],
+            args=[*self._dead_trim_args(now), batch, *(NEEDLES if leaving_of else ())])
+        if marked and leaving_of is not None:
+            self._remove("gone", self.keys.dead, marked, [leaving_of(raw) for raw in marked])
+        return int(moved)
 
     def _dead_trim_args(self, now: float) -> list:
         return [repr(now), self.dead_max_jobs, repr(now - self.dead_timeout)]
 
-    def set_clear(self, set_name: str, lock_of: LockOf | None = None) -> int:
-        """Drop a whole set; returns how many it held. With ``lock_of``, the locks of the
-        unique jobs it held are released (see :meth:`_clear`)."""
-        return self._clear("zset", self.keys.sorted_set(set_name), "", lock_of)
+    def set_clear(self, set_name: str, leaving_of: LeavingOf | None = None) -> int:
+        """Drop a whole set; returns how many it held. With ``leaving_of``, what leaves with
+        its jobs goes too (see :meth:`_clear`)."""
+        return self._clear("zset", self.keys.sorted_set(set_name), "", leaving_of)
 
-    def _clear(self, kind: str, key: str, queue: str, lock_of: LockOf | None) -> int:
-        """Rename the queue or set aside in one step (set_clear.lua), release the locks its
-        unique jobs still hold, found a page at a time by Redis (set_unique_scan.lua), then
-        UNLINK it (freed in the background). The jobs set aside can no longer run, so the
-        compare-and-delete of their locks never frees a running job's lock."""
+    def _clear(self, kind: str, key: str, queue: str, leaving_of: LeavingOf | None) -> int:
+        """Rename the queue or set aside in one step (set_clear.lua); then, a page at a time,
+        find its unique and batch jobs (set_unique_scan.lua: Redis filters) and release their
+        locks and count them dead in their batches, one set_remove.lua "gone" call per page;
+        then UNLINK it (freed in the background). The jobs set aside can no longer run, so the
+        compare-and-delete of their locks never frees a running job's lock. A caller dying
+        midway leaves counts undone (a retry finds nothing to clear); each count is made
+        once, whatever runs twice (set_lib.lua)."""
         trash = self.keys.trash(secrets.token_hex(8))
         count = int(self._set_clear(keys=[key, trash, self.keys.queues if queue else key],
                                     args=[kind, queue, TRASH_TTL]))
-        if count and lock_of is not None:
+        if count and leaving_of is not None:
             start = 0
             while start < count:
                 read, *members = self._set_unique_scan(
-                    keys=[trash], args=[kind, start, UNIQUE_PAGE, UNIQUE_NEEDLE])
-                self.release_unique([pair for pair in map(lock_of, members) if pair])
+                    keys=[trash], args=[kind, start, UNIQUE_PAGE, *NEEDLES])
+                self._remove("gone", trash, members, [leaving_of(raw) for raw in members])
                 start += max(1, int(read))
                 if int(read) < UNIQUE_PAGE:
                     break
         self.client.unlink(trash)
         return count
+
+    # -- job results (docs/workflows.md) --------------------------------------------------------
+
+    def job_results(self, jids: Sequence[str]) -> list[dict[str, str] | None]:
+        """The result records of ``jids`` (None where there is none), one pipelined read: a
+        page of the admin's queue page shows its jobs' status and progress."""
+        if not jids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for jid in jids:
+            pipe.hgetall(self.keys.job_result(jid))
+        return [_hash_text(flat) if flat else None for flat in pipe.execute()]
 
     # -- dashboard numbers ---------------------------------------------------------------------
 

@@ -1,5 +1,8 @@
 """Queues: sizes, latency and pause state; one queue's jobs paged in Redis, delete, cancel, clear.
 
+A queue page shows the status and progress of its jobs that keep a result record
+(``result_ttl``): one pipelined read for the page, none when no job on it keeps one.
+
 Every figure of a page (the summary bar, the sizes, latencies and pause states) comes from one
 ``api.Stats`` snapshot, so they agree. A paused queue is listed even when it is empty and
 unregistered (after Clear), so its Resume button stays reachable. A job is deleted by its entry
@@ -11,7 +14,7 @@ from __future__ import annotations
 from django.contrib.admin import AdminSite
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 
-from django_kiq import api
+from django_kiq import api, results
 
 from ..paging import Pager
 from ..present import JobRow, duration
@@ -36,12 +39,14 @@ def queue(request: HttpRequest, name: str, *, site: AdminSite) -> HttpResponse:
     state = stats.queue(name)
     assert state is not None  # extra_queues lists it
     pager = Pager.from_request(request, state.size)
-    rows = [JobRow.build(r, url(request, "queue_job", name, r.key))
-            for r in q.jobs(pager.offset, pager.limit)]
+    records = q.jobs(pager.offset, pager.limit)
+    kept = results.of_jobs([r.fields for r in records if not r.malformed])
+    rows = [JobRow.build(r, url(request, "queue_job", name, r.key), kept.get(r.jid))
+            for r in records]
     return render(request, site, "queue.html", title=f"Queue {name}", page="queues",
                   stats=stats, crumbs=(("Queues", url(request, "queues")),), queue=q,
                   latency=duration(state.latency), paused=state.paused, pager=pager,
-                  size=f"{pager.total:,}", rows=rows, live=True)
+                  size=f"{pager.total:,}", rows=rows, show_progress=bool(kept), live=True)
 
 
 def _act(request: HttpRequest, site: AdminSite, q: "api.Queue") -> HttpResponse:

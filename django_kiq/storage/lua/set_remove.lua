@@ -1,30 +1,41 @@
--- set_remove.lua: delete chosen members of a queue or a job set, releasing their unique locks.
+-- set_remove.lua: delete chosen members of a queue or a job set, releasing their unique locks
+-- and counting their batch jobs as dead.
 --
--- KEYS[1]      the queue list (queue:<name>) or sorted set (schedule, retry, dead) they leave
--- KEYS[2..]    one per member: its unique job's lock (kiq:unique:<digest>), KEYS[1] if none
--- ARGV[1]      "list" or "zset"
--- ARGV[2..]    2 values per member: its exact bytes, and the jid whose lock to release ("")
+-- KEYS[1]      the queue list (queue:<name>) or sorted set (schedule, retry, dead) they leave,
+--              (unused for "gone")
+-- KEYS[2]      the schedule set (batch callbacks are pushed there, due now)
+-- KEYS[3..]    per member: its lock and its batch levels' keys (set_lib.lua)
+-- ARGV[1]      "list", "zset", or "gone": members that left already in a server-side bulk
+--              step (set aside by set_clear.lua, moved by set_kill_batch.lua), so only what
+--              leaves with them happens (an aside copy stays whole: its ranks stay stable for
+--              the caller's paged scan)
+-- ARGV[2..]    5 values per member (set_lib.lua)
 --
--- The API's and the admin's Delete (issue 11: a deleted unique job releases its lock). The
--- removal and the release are one step, so no crash leaves a lock without its job; a lock is
--- released only if this job still holds it (a newer job may own it by now), and only when the
--- member was really removed here (someone else may have moved it first).
+-- The API's and the admin's Delete (issue 11: a deleted unique job releases its lock; issue 13:
+-- a deleted job of a batch counts as dead in it). The removal, the release and the count are
+-- one step, so no crash leaves a lock without its job or a batch waiting for a job that is
+-- gone; they happen only when the member was really removed here (someone else may have
+-- moved it first).
 -- Returns how many members were removed.
 
-local removed = 0
-for i = 1, #KEYS - 1 do
-  local member, jid, lock = ARGV[2 * i], ARGV[2 * i + 1], KEYS[i + 1]
-  local n
+-- include: batch_lib.lua
+-- include: set_lib.lua
+
+local removed, now = 0, nil
+local k, a = 3, 2
+while a <= #ARGV do
+  local m
+  m, k, a = set_member(k, a)
+  local n = 1
   if ARGV[1] == 'list' then
-    n = redis.call('LREM', KEYS[1], 1, member)
-  else
-    n = redis.call('ZREM', KEYS[1], member)
+    n = redis.call('LREM', KEYS[1], 1, m.raw)
+  elseif ARGV[1] == 'zset' then
+    n = redis.call('ZREM', KEYS[1], m.raw)
   end
   if n == 1 then
     removed = removed + 1
-    if jid ~= '' and lock ~= KEYS[1] and redis.call('GET', lock) == jid then
-      redis.call('DEL', lock)
-    end
+    if #m.levels > 0 then now = now or batch_now() end
+    set_leave(m, KEYS[2], now)
   end
 end
 return removed

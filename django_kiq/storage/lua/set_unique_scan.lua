@@ -1,12 +1,13 @@
--- set_unique_scan.lua: the members of one page of an aside copy that are unique jobs.
+-- set_unique_scan.lua: the members of one page of an aside copy that are unique jobs or jobs
+-- of a batch (what must go with them: a lock, a batch count).
 --
 -- KEYS[1]      an aside copy left by set_clear.lua (kiq:trash:<token>): a list or a sorted set
 --              nobody else writes, so ranks are stable between calls
 -- ARGV[1]      "list" or "zset"
 -- ARGV[2]      first rank of the page; ARGV[3] page size
--- ARGV[4]      the bytes a unique job's member holds ('"kiq_unique"')
+-- ARGV[4..]    the bytes such a member holds ('"kiq_unique"', '"bid"'): any one will do
 --
--- Filtering happens here, so only the few unique jobs travel to the caller, not the million
+-- Filtering happens here, so only the few such jobs travel to the caller, not the million
 -- members of a cleared queue. Plain substring search (no JSON decoding in Lua).
 -- Returns {members read, matching member, ...}.
 
@@ -20,8 +21,11 @@ else
 end
 local out = {#members}
 for _, member in ipairs(members) do
-  if string.find(member, ARGV[4], 1, true) then
-    out[#out + 1] = member
+  for i = 4, #ARGV do
+    if string.find(member, ARGV[i], 1, true) then
+      out[#out + 1] = member
+      break
+    end
   end
 end
 return out
