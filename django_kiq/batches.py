@@ -55,7 +55,9 @@ def lineage_of(job: dict[str, Any]) -> tuple[str, ...]:
     bid = job.get("bid")
     if not isinstance(bid, str) or not BID.match(bid):
         return ()
-    parents = job.get("kiq_parent_bids") or []
+    parents = job.get("kiq_parent_bids")
+    if not parents:  # most jobs: no nesting (checked first: a worker runs this per job)
+        return (bid,)
     if not isinstance(parents, list) or len(parents) >= MAX_DEPTH or not all(
             isinstance(p, str) and BID.match(p) for p in parents):
         return (bid,)

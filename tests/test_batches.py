@@ -175,6 +175,29 @@ def test_a_job_settled_twice_counts_once(store, redis_client):
     assert api.Batch(b.bid).succeeded
 
 
+def test_lean_batch_entries_answer_in_order_and_count_once(store, redis_client):
+    """Done jobs whose only cleanup is their batch success go in settle.lua's batch groups
+    (their batch's keys once, per job its payload and jid), mixed with ordinary entries: each
+    flag answers for its own entry, and a job already settled (not in the in-progress list)
+    is not counted."""
+    from django_kiq import storage
+
+    with batch(on_success=wj.ledger.s("lean")) as b:
+        jids = wj.work.enqueue_many([("a",), ("b",), ("c",)])
+    raws = [redis_client.rpop("queue:default") for _ in jids]
+    redis_client.lpush("kiq:wip:p2", raws[0], raws[1], b"plain")
+    marks = [storage.BatchMark(bids=(b.bid,), member=jid, outcome="s", ttl=60) for jid in jids]
+    entries = [storage.Succeeded(raws[0], marks[0]), storage.Settle(kind="x", old=b"plain"),
+               storage.Succeeded(raws[2], marks[2]),  # not in progress: neither moved nor counted
+               storage.Settle(kind="x", old=raws[1], batch=marks[1])]
+    assert store.settle("p2", entries) == [1, 1, 0, 1]
+    assert redis_client.llen("kiq:wip:p2") == 0
+    assert api.Batch(b.bid).pending == 1 and redis_client.zcard("schedule") == 0
+    redis_client.lpush("kiq:wip:p2", raws[2], raws[0])  # the third, and a repeat of the first
+    assert store.settle("p2", entries[:1] + entries[2:3]) == [1, 1]
+    assert api.Batch(b.bid).succeeded and redis_client.zcard("schedule") == 1
+
+
 def test_aenqueue_joins_the_enclosing_batch(redis_client):
     import asyncio
 

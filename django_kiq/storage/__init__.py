@@ -10,7 +10,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING
 
-from .batches import BatchMark, BatchPush, ResultWrite
+from .batches import BatchMark, BatchPush, ResultWrite, Succeeded
 from .control import Checkpoint, UniquePush
 from .keys import Keys
 from .sets import Leaving
@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from django_kiq.conf import KiqSettings
 
 __all__ = ["Keys", "Storage", "Settle", "Heartbeat", "TRANSIENT_ERRORS", "RedisError",
-           "UniquePush", "Checkpoint", "BatchMark", "BatchPush", "ResultWrite", "Leaving",
+           "UniquePush", "Checkpoint", "BatchMark", "BatchPush", "ResultWrite", "Succeeded",
+           "Leaving",
            "get_default", "reset_default", "from_settings"]
 
 _lock = threading.Lock()

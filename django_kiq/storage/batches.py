@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from .base import StorageBase
 
@@ -38,6 +39,16 @@ class BatchMark:
     member: str  # the jid
     outcome: str  # "s" succeeded, "f" failed (retries or not), "d" died
     ttl: int  # batch data lives this long after completion
+
+
+class Succeeded(NamedTuple):
+    """A settle entry for a done job whose only cleanup is its success in its batch (most of
+    a batch's drain): its payload leaves the in-progress list and its jid is counted
+    (settle.lua's batch groups). A tuple, not a dataclass: the worker builds one per job, and
+    it builds in a quarter of the time of a :class:`~django_kiq.storage.Settle`."""
+
+    old: bytes
+    batch: BatchMark
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,6 +94,28 @@ class BatchOps(StorageBase):
                 keys += self._batch_keys(bid)
             args += [batch.outcome, batch.member, len(batch.bids), batch.ttl]
         return keys, args, flags
+
+    def batch_done_args(self, entries: Sequence[tuple[int, Any]],
+                        ) -> tuple[list[str], list, list[int]]:
+        """settle.lua's batch groups for ``entries`` ((position, entry) of done jobs whose
+        only cleanup is their success in a batch: a :class:`Succeeded` or the like): their
+        keys and arguments, and the positions in the order settle.lua answers for them. Per
+        group (jobs of one batch) the batch's keys once, per job only its payload and jid."""
+        groups: dict[tuple[tuple[str, ...], int], list[tuple[int, Any]]] = {}
+        for item in entries:
+            mark = item[1].batch
+            groups.setdefault((mark.bids, mark.ttl), []).append(item)
+        keys: list[str] = [self.keys.schedule] if groups else []
+        args: list = [len(groups)]
+        order: list[int] = []
+        for (bids, ttl), items in groups.items():
+            for bid in bids:
+                keys += self._batch_keys(bid)
+            args += [len(bids), ttl, len(items)]
+            for position, e in items:
+                order.append(position)
+                args += [e.old, e.batch.member]
+        return keys, args, order
 
     def _batch_keys(self, bid: str) -> list[str]:
         k = self.keys

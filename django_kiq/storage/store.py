@@ -23,7 +23,7 @@ from redis.commands.core import Script
 
 from .base import ScriptArg
 from .keys import Keys
-from .batches import BatchMark, BatchOps, ResultWrite
+from .batches import BatchMark, BatchOps, ResultWrite, Succeeded
 from .control import ControlOps
 from .cron_state import PeriodicOps
 from .limits import LimitOps
@@ -180,7 +180,7 @@ class Storage(SetOps, PeriodicOps, ResultOps, ControlOps, BatchOps, LimitOps):
     # -- worker: fetch, wait, settle ---------------------------------------------------------
 
     def fetch(self, identity: str, queues: Sequence[str], count: int,
-              acks: Sequence[bytes] = (), settles: Sequence[Settle] = (),
+              acks: Sequence[bytes] = (), settles: Sequence[Settle | Succeeded] = (),
               ) -> tuple[list[tuple[str, bytes]], set[str]]:
         """Ack ``acks``, settle ``settles`` (done jobs with cleanups: :meth:`settle`), move up
         to ``count`` jobs into the in-progress list; one round trip.
@@ -212,14 +212,14 @@ class Storage(SetOps, PeriodicOps, ResultOps, ControlOps, BatchOps, LimitOps):
         return self.client.blmove(key, key, timeout, "RIGHT",  # type: ignore[arg-type]
                                   "RIGHT") is not None
 
-    def _settle_then_fetch(self, identity: str, settles: Sequence[Settle], keys: list,
-                           args: list) -> list:
+    def _settle_then_fetch(self, identity: str, settles: Sequence[Settle | Succeeded],
+                           keys: list, args: list) -> list:
         """settle.lua then fetch.lua, pipelined as EVALSHA (a pipelined Script would ask
         SCRIPT EXISTS first: a second round trip). A script Redis lost (restart, SCRIPT FLUSH)
         is run again on its own, which loads it. Any other error is raised, after the fetch
         ran or not: the caller reconciles, as after any failed fetch."""
-        settle_keys, settle_args = self._settle_args(identity, settles, "fetch", False,
-                                                     time.time())
+        settle_keys, settle_args, _ = self._settle_args(identity, settles, "fetch", False,
+                                                        time.time())
         pipe = self.client.pipeline(transaction=False)
         pipe.evalsha(self._settle.sha, len(settle_keys), *settle_keys, *settle_args)
         pipe.evalsha(self._fetch.sha, len(keys), *keys, *args)
@@ -234,8 +234,9 @@ class Storage(SetOps, PeriodicOps, ResultOps, ControlOps, BatchOps, LimitOps):
             raise flat
         return flat
 
-    def settle(self, identity: str, entries: Sequence[Settle], *, lane: str = "fetch",
-               guard: bool = False, now: float | None = None) -> list[int] | None:
+    def settle(self, identity: str, entries: Sequence[Settle | Succeeded], *,
+               lane: str = "fetch", guard: bool = False,
+               now: float | None = None) -> list[int] | None:
         """Move jobs out of an in-progress list; None if ``guard`` found the owner alive.
 
         Returns one flag per entry: 1 if the job was still in the list and moved, else 0.
@@ -243,18 +244,37 @@ class Storage(SetOps, PeriodicOps, ResultOps, ControlOps, BatchOps, LimitOps):
         if not entries:
             return []
         now = time.time() if now is None else now
-        keys, args = self._settle_args(identity, entries, lane, guard, now)
+        keys, args, order = self._settle_args(identity, entries, lane, guard, now)
         flags = self._settle(keys=keys, args=args)
         if flags and flags[0] == -1:
             return None
-        return [int(f) for f in flags]
+        # settle.lua answers for the entries first, then for the batch groups' jobs.
+        out = [0] * len(entries)
+        for position, flag in zip(order, flags):
+            out[position] = int(flag)
+        return out
 
-    def _settle_args(self, identity: str, entries: Sequence[Settle], lane: str, guard: bool,
-                     now: float) -> tuple[list, list]:
+    def _settle_args(self, identity: str, entries: Sequence[Settle | Succeeded], lane: str,
+                     guard: bool, now: float) -> tuple[list, list, list[int]]:
+        """settle.lua's keys and arguments, and the entries' positions in the order it answers
+        for them: done jobs whose only cleanup is a success in their batch (most of a batch's
+        drain) go in its lean batch groups (:meth:`batch_done_args`), the others one by one."""
         keys = [self.keys.wip(identity, lane), self.keys.process(identity), self.keys.queues]
-        args: list = ["1" if guard else "0", self.dead_max_jobs, repr(now - self.dead_timeout)]
+        args: list = ["1" if guard else "0", self.dead_max_jobs, repr(now - self.dead_timeout),
+                      0]
         unused = keys[0]  # a key settle.lua never touches for this entry
-        for e in entries:
+        order: list[int] = []
+        succeeded: list[tuple[int, Settle | Succeeded]] = []
+        for position, e in enumerate(entries):
+            if type(e) is Succeeded:
+                succeeded.append((position, e))
+                continue
+            mark = e.batch
+            if (mark is not None and mark.outcome == "s" and e.kind == "x" and e.result is None
+                    and not e.unlock and not e.drop_cursor and not e.count):
+                succeeded.append((position, e))
+                continue
+            order.append(position)
             extra = e.dest if e.kind in ("q", "l") else repr(e.score)
             lock = self.keys.unique(e.unlock) if e.unlock else unused
             cursor = self.keys.cursor(e.jid) if e.drop_cursor else unused
@@ -268,7 +288,11 @@ class Storage(SetOps, PeriodicOps, ResultOps, ControlOps, BatchOps, LimitOps):
                              cleanup + flags, *more_args])
                 continue
             args.extend([e.kind, e.old, e.new, extra, e.jid if e.unlock else "", cleanup])
-        return keys, args
+        args[3] = len(order)
+        more_keys, more_args, grouped = self.batch_done_args(succeeded)
+        keys.extend(more_keys)
+        args.extend(more_args)
+        return keys, args, order + grouped
 
     def _dest_key(self, entry: Settle) -> str:
         if entry.kind in ("q", "l"):

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from .. import limits, payload, retry, workflows
-from ..storage import TRANSIENT_ERRORS, Settle, Storage
+from ..storage import TRANSIENT_ERRORS, Settle, Storage, Succeeded
 
 logger = logging.getLogger("django_kiq.fetcher")
 RECOVERIES_FIELD = "kiq_recoveries"
@@ -72,7 +72,7 @@ class Fetcher:
         self.paused: frozenset[str] = frozenset()  # as of the last fetch
 
     def fetch(self, count: int, acks: Sequence[bytes],
-              settles: Sequence[Settle] = ()) -> list[tuple[str, bytes]]:
+              settles: Sequence[Settle | Succeeded] = ()) -> list[tuple[str, bytes]]:
         """Acknowledge ``acks``, settle ``settles`` (done jobs with cleanups) and move up to
         ``count`` jobs into the in-progress list, in one round trip."""
         jobs, paused = self.store.fetch(self.identity, self.order.next(), count, acks, settles)

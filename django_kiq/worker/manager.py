@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..storage import TRANSIENT_ERRORS, Settle, Storage
+from ..storage import TRANSIENT_ERRORS, Settle, Storage, Succeeded
 from .fetcher import Fetcher, plan_cutoff, plan_requeue
 from .loop import Backoff
 from .processor import Outcome, Processor
@@ -68,7 +68,7 @@ class Manager:
         # Done jobs with cleanups (workflows, unique locks, checkpoints): settled like acks, in
         # one call per fetcher pass. Until it succeeds the job stays in the in-progress list;
         # a crash reruns it, and its cleanups count once (settle.lua acts only if LREM did).
-        self._done: list[Settle] = []
+        self._done: list[Settle | Succeeded] = []
         self._wake = threading.Event()
         self._idle = threading.Event()
         self._quiet = threading.Event()
@@ -149,7 +149,8 @@ class Manager:
             done, self._done = self._done, []
             # Started later = fetched later: push those first so the oldest ends at the head.
             left = sorted(self._running.values(), key=lambda r: r[3], reverse=True)
-        entries = [Settle(kind="x", old=raw) for raw in acks] + done + plan_cutoff(
+        entries: list[Settle | Succeeded] = [Settle(kind="x", old=raw) for raw in acks]
+        entries += done + plan_cutoff(
             ((q, raw) for q, raw, _, _ in left), identity=self.identity,
             poison_limit=self.poison_limit, now=time.time())
         if entries:
@@ -231,7 +232,7 @@ class Manager:
             logger.exception("could not write a job's outcome; it stays in progress")
         with self._cond:
             if deferred:
-                self._done.append(self._settle_entry(outcome))
+                self._done.append(self._done_entry(outcome))
             elif not settle:
                 self._acks.append(outcome.raw)
             self._running.pop(name, None)
@@ -245,6 +246,15 @@ class Manager:
         """Redis refused the outcome for a reason of its own (not an outage): dead instead."""
         dead = self.processor.last_resort(queue, outcome.raw, exc)
         return [self._settle_entry(dead)]
+
+    @staticmethod
+    def _done_entry(outcome: Outcome) -> Settle | Succeeded:
+        """The settle entry of a done job with cleanups (deferred to the fetcher's pass)."""
+        batch = outcome.batch
+        if (batch is not None and batch.outcome == "s" and outcome.result is None
+                and not outcome.unlock and not outcome.drop_cursor):
+            return Succeeded(outcome.raw, batch)  # most of a batch's drain: the lean entry
+        return Manager._settle_entry(outcome)
 
     @staticmethod
     def _settle_entry(outcome: Outcome) -> Settle:
@@ -266,7 +276,7 @@ class Manager:
             return Settle(kind="x", old=outcome.raw, count=outcome.count, **ended)
         return Settle(kind="x", old=outcome.raw, **ended)  # done or discard
 
-    def _settle_retrying(self, entries: list[Settle], deadline: float | None,
+    def _settle_retrying(self, entries: list[Settle | Succeeded], deadline: float | None,
                          fallback: Callable[[Exception], list[Settle]] | None = None) -> bool:
         """Write ``entries`` until it succeeds or ``deadline``; a first non-transient error
         switches to ``fallback(error)``'s entries, if given (e.g. dead with the reason)."""
@@ -336,7 +346,7 @@ class Manager:
             self._wake.wait(timeout=2.0)
             self._wake.clear()
 
-    def _settle_done(self, entries: list[Settle]) -> None:
+    def _settle_done(self, entries: list[Settle | Succeeded]) -> None:
         """Settle done jobs with cleanups in one call (the fetcher's pass). Transient errors
         raise (the pass retries them); if Redis refuses the call for a reason of its own, each
         entry goes alone, and one it still refuses is acknowledged without its cleanups rather

@@ -8,7 +8,8 @@
 --              and a counter (stat:cancelled / stat:expired); unused ones repeat KEYS[1]
 -- ARGV[1]      "1": do nothing and return {-1} if the guard key exists (the owner is alive)
 -- ARGV[2]      dead set cap (DEAD_MAX_JOBS); ARGV[3] dead set cutoff score (now - DEAD_TIMEOUT)
--- ARGV[4..]    6 values per entry: kind, old payload, new payload, score or queue name,
+-- ARGV[4]      E, the number of entries; the batch groups of done jobs follow them (below)
+-- ARGV[5..]    6 values per entry: kind, old payload, new payload, score or queue name,
 --              the jid whose unique lock to release ("" keeps it), and cleanup flags:
 --              "c" deletes the checkpoint, "n" increments the counter, and the workflow
 --              cleanups whose keys and values follow the entry's own (docs/workflows.md):
@@ -21,6 +22,15 @@
 --   kind "x" = discard, "q" = RPUSH to the head of queue, "l" = LPUSH to the tail of queue,
 --   "z" = ZADD with score, "d" = ZADD to dead with score, then trim dead to the cap and cutoff.
 --
+-- Then the batch groups: done jobs whose only cleanup is their success in a batch, the bulk
+-- of a batch's drain, in a leaner format (half the Lua work per job of an entry's):
+--   KEYS +1        the schedule set (once, if there is a group), then per group 4L keys: per
+--                  batch level, hash, pending, failed and dead sets
+--   ARGV +1        G, the number of groups; per group: L, the batch TTL, M, then M pairs of
+--                  (old payload, jid)
+-- Each job of a group is LREMed; the jids of those removed are counted together, one SREM for
+-- all and one completion check per group (batch_succeed_many), still in this one atomic step.
+--
 -- An entry acts only if its old payload was still in the in-progress list (LREM returned 1), so
 -- two processes settling the same orphan, or a retried call, never move a job twice. The
 -- cleanups happen in the same step as the move: a job's outcome, the release of its unique lock
@@ -28,7 +38,8 @@
 -- change, whatever crashes when (batch_lib.lua says why callbacks fire exactly once).
 -- Successes in the same batch are counted together at the end of the call (one SREM for
 -- all: batch_succeed_many), still in this one atomic step.
--- Returns one 0/1 flag per entry, or {-1} when the guard stopped it.
+-- Returns one 0/1 flag per entry, then per job of the groups in order, or {-1} when the guard
+-- stopped it.
 
 -- include: batch_lib.lua
 
@@ -39,8 +50,9 @@ end
 local wip = KEYS[1]
 local flags = {}
 local succeeded, groups, now = {}, {}, nil
-local base, k, i = 3, 3, 0
-while base < #ARGV do
+local base, k, i = 4, 3, 0
+local entries = tonumber(ARGV[4])
+while i < entries do
   i = i + 1
   local kind, old, new, extra = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
   local lock_jid, cleanup = ARGV[base + 5], ARGV[base + 6]
@@ -111,6 +123,36 @@ while base < #ARGV do
       else
         batch_apply(batch[4], 1, batch[3], batch[2], batch[1], now, batch[5])
       end
+    end
+  end
+end
+-- The batch groups (done jobs counted as succeeded in their batch).
+local ngroups = tonumber(ARGV[base + 1]) or 0
+local sched = KEYS[k + 1]
+base, k = base + 1, k + 1
+for _ = 1, ngroups do
+  local nlevels, ttl, m = tonumber(ARGV[base + 1]), ARGV[base + 2], tonumber(ARGV[base + 3])
+  local levels = {}
+  for j = 1, nlevels do
+    levels[j] = {KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]}
+    k = k + 4
+  end
+  base = base + 3
+  local members = {}
+  for _ = 1, m do
+    i = i + 1
+    local removed = redis.call('LREM', wip, -1, ARGV[base + 1])
+    flags[i] = removed
+    if removed == 1 then members[#members + 1] = ARGV[base + 2] end
+    base = base + 2
+  end
+  if #members > 0 then
+    now = now or batch_now()
+    local group = succeeded[levels[1][1]]
+    if group then  -- entries of the same batch: counted with these, in one SREM
+      for _, member in ipairs(members) do group[4][#group[4] + 1] = member end
+    else
+      batch_succeed_many(levels, members, sched, now, ttl)
     end
   end
 end
