@@ -266,7 +266,7 @@ class Storage(SetOps, PeriodicOps, ResultOps, ControlOps, BatchOps, LimitOps):
         order: list[int] = []
         succeeded: list[tuple[int, Settle | Succeeded]] = []
         for position, e in enumerate(entries):
-            if type(e) is Succeeded:
+            if isinstance(e, Succeeded):
                 succeeded.append((position, e))
                 continue
             mark = e.batch

@@ -26,7 +26,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ..storage import TRANSIENT_ERRORS, Settle, Storage, Succeeded
@@ -150,7 +150,8 @@ class Manager:
             # Started later = fetched later: push those first so the oldest ends at the head.
             left = sorted(self._running.values(), key=lambda r: r[3], reverse=True)
         entries: list[Settle | Succeeded] = [Settle(kind="x", old=raw) for raw in acks]
-        entries += done + plan_cutoff(
+        entries += done
+        entries += plan_cutoff(
             ((q, raw) for q, raw, _, _ in left), identity=self.identity,
             poison_limit=self.poison_limit, now=time.time())
         if entries:
@@ -276,7 +277,7 @@ class Manager:
             return Settle(kind="x", old=outcome.raw, count=outcome.count, **ended)
         return Settle(kind="x", old=outcome.raw, **ended)  # done or discard
 
-    def _settle_retrying(self, entries: list[Settle | Succeeded], deadline: float | None,
+    def _settle_retrying(self, entries: Sequence[Settle | Succeeded], deadline: float | None,
                          fallback: Callable[[Exception], list[Settle]] | None = None) -> bool:
         """Write ``entries`` until it succeeds or ``deadline``; a first non-transient error
         switches to ``fallback(error)``'s entries, if given (e.g. dead with the reason)."""
