@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -139,6 +141,49 @@ def worker_factory(redis_client, redis_url, tmp_path):
     yield start
     for worker in started:
         worker.kill()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pings(client) -> bool:
+    try:
+        return client.ping()
+    except redis.ConnectionError:
+        return False
+
+
+@contextmanager
+def private_redis(tmp_path, *args: str):
+    """A ``redis-server`` of the test's own on a free loopback port (extra ``args`` appended,
+    e.g. ``"--maxmemory", "4mb"``), stopped by its PID at the end: yields (url, client).
+    For tests that change a server's configuration, which the shared one is not theirs to do."""
+    port = free_port()
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "",
+                               "--appendonly", "no", "--dir", str(tmp_path), *args],
+                              stdout=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    try:
+        wait_for(lambda: pings(client))
+        yield f"redis://127.0.0.1:{port}/0", client
+    finally:
+        client.close()
+        server.kill()
+        server.wait(timeout=10)
+
+
+def fill_redis(client) -> None:
+    """Fill a maxmemory/noeviction server up to its limit (call again at each poll: Redis frees
+    buffers now and then)."""
+    for batch in (500, 1):
+        try:
+            while True:
+                client.rpush("filler", *["x" * 50] * batch)
+        except redis.exceptions.OutOfMemoryError:
+            pass
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, message: str = ""):

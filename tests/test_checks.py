@@ -1,15 +1,12 @@
 """System checks: wrong settings are errors with ids; eviction policy is a warning."""
 
-import socket
-import subprocess
 
 import pytest
-import redis
 from django.conf import settings
 from django.test import override_settings
 
 from django_kiq.checks import check_redis, check_settings
-from tests.conftest import wait_for
+from tests.conftest import free_port, pings, private_redis
 
 
 def _ids(**kiq):
@@ -76,33 +73,15 @@ def test_settings_not_a_dict():
 
 def test_eviction_policy_warning(tmp_path):
     # A private server: the shared one's configuration is not ours to change.
-    port = _free_port()
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "",
-                               "--appendonly", "no", "--maxmemory-policy", "allkeys-lru",
-                               "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
-    try:
-        client = redis.Redis(port=port)
-        wait_for(lambda: _pings(client))
-        with override_settings(KIQ={**settings.KIQ, "REDIS_URL": f"redis://127.0.0.1:{port}/0"}):
+    with private_redis(tmp_path, "--maxmemory-policy", "allkeys-lru") as (url, client):
+        with override_settings(KIQ={**settings.KIQ, "REDIS_URL": url}):
             assert [w.id for w in check_redis()] == ["django_kiq.W001"]
             client.config_set("maxmemory-policy", "noeviction")
             assert check_redis() == []
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _pings(client):
-    try:
-        return client.ping()
-    except redis.ConnectionError:
-        return False
+# Other test modules start private servers with these names.
+_free_port, _pings = free_port, pings
 
 
 def test_redis_unreachable_warning(redis_url):

@@ -8,9 +8,7 @@ The Sentinel reconnection bug has its test in tests/test_sentinel.py.
 """
 
 import json
-import subprocess
 
-import redis
 from django.conf import settings
 from django.test import override_settings
 
@@ -21,8 +19,7 @@ from django_kiq.worker.fetcher import Fetcher, QueueOrder, plan_recovery
 from django_kiq.worker.manager import Manager
 from django_kiq.worker.processor import Processor
 from tests import jobs
-from tests.conftest import wait_for
-from tests.test_checks import _free_port, _pings
+from tests.conftest import fill_redis, private_redis, wait_for
 
 
 # -- a job that kills its own worker ---------------------------------------------------------------
@@ -58,31 +55,16 @@ def test_worker_survives_redis_being_full(worker_factory, redis_client, redis_ur
     # maxmemory + noeviction (what the system check asks for): when Redis is full, writes fail
     # with OOM. The worker's threads must back off and resume once there is room, not die while
     # the heartbeat keeps the process looking alive (its fetcher and queue waiter did).
-    port = _free_port()
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly",
-                               "no", "--maxmemory", "4mb", "--maxmemory-policy", "noeviction",
-                               "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
-    try:
-        full = redis.Redis(port=port)
-        wait_for(lambda: _pings(full))
-        url = f"redis://127.0.0.1:{port}/0"
+    with private_redis(tmp_path, "--maxmemory", "4mb",
+                       "--maxmemory-policy", "noeviction") as (url, full):
         worker = worker_factory("-c", "1", env={"KIQ_REDIS_URL": url,
                                                 "KIQ_TEST_LEDGER_URL": redis_url})
         wait_for(lambda: full.scard("processes") == 1, timeout=20)
-        def fill() -> None:
-            """Up to the limit; again at each poll, as Redis frees buffers now and then."""
-            for batch in (500, 1):
-                try:
-                    while True:
-                        full.rpush("filler", *["x" * 50] * batch)
-                except redis.exceptions.OutOfMemoryError:
-                    pass
-
         # The idle fetcher polls every 2 s: LMOVE is refused when Redis is full, even from an
         # empty queue.
         met = ("fetcher: Redis unavailable (command not allowed when used memory",
                "Exception in thread kiq-fetcher")  # the latter: the thread died of it
-        wait_for(lambda: fill() or any(m in worker.output() for m in met), timeout=20,
+        wait_for(lambda: fill_redis(full) or any(m in worker.output() for m in met), timeout=20,
                  interval=0.1, message="the fetcher never met the full Redis")
         full.delete("filler")
         with override_settings(KIQ={**settings.KIQ, "REDIS_URL": url}):
@@ -90,9 +72,6 @@ def test_worker_survives_redis_being_full(worker_factory, redis_client, redis_ur
         wait_for(lambda: all(redis_client.scard(f"ledger:oom{i}") for i in range(3)), timeout=20,
                  message="the worker did not resume once Redis had room again")
         assert "Exception in thread" not in worker.output(), worker.output()
-    finally:
-        server.kill()
-        server.wait(timeout=10)
 
 
 # -- going quiet while a fetch is in flight --------------------------------------------------------

@@ -25,6 +25,7 @@ from django_kiq.stats import Counters
 from django_kiq.worker.processor import Processor
 from tests import limit_jobs
 from tests.conftest import wait_for
+from tests.test_admin import _fast_passwords, user_client  # noqa: F401 - fixtures
 
 WORKER_ENV = {"KIQ_IMPORTS": "tests.jobs,tests.limit_jobs", "KIQ_LOG_LEVEL": "WARNING"}
 
@@ -486,35 +487,14 @@ def test_a_sigkilled_holders_slot_is_back_within_process_ttl(worker_factory, red
 LIMITS_URL = "/admin/django_kiq/jobs/limits/"
 
 
-@pytest.fixture
-def staff(django_user_model, settings):
-    """A logged-in staff client with the given django_kiq permissions."""
-    from django.contrib.auth.models import Permission
-    from django.test import Client
-
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-    def make(*codenames: str, **client_kwargs) -> Client:
-        user = django_user_model.objects.create_user(
-            username=f"u{django_user_model.objects.count()}", password=None, is_staff=True)
-        for codename in codenames:
-            user.user_permissions.add(
-                Permission.objects.get(content_type__app_label="django_kiq", codename=codename))
-        client = Client(**client_kwargs)
-        client.force_login(user)
-        return client
-
-    return make
-
-
 @pytest.mark.django_db
-def test_limits_page_lists_limiters_and_resets_with_manage_permission(staff, store):
+def test_limits_page_lists_limiters_and_resets_with_manage_permission(user_client, store):
     erp = limits.concurrent("erp", 50)
     erp.__enter__()
     with limits.concurrent("kept-erp", 5):
         pass  # its lease is kept by this process for a moment: in use
     limits.window("github", 5000, "hour").__enter__()
-    viewer = staff("view_jobs")
+    viewer = user_client("view_jobs")
     page = viewer.get(LIMITS_URL)
     assert page.status_code == 200
     assert '1 <span class="kiq-sub">(20%)</span>' in page.text  # kept-erp: 1 of 5
@@ -522,9 +502,9 @@ def test_limits_page_lists_limiters_and_resets_with_manage_permission(staff, sto
     assert "5,000 per clock hour" in page.text and 'value="reset"' not in page.text
     assert 'href="/admin/django_kiq/jobs/limits/"' in viewer.get("/admin/django_kiq/jobs/").text
     assert viewer.post(LIMITS_URL, {"action": "reset", "name": "erp"}).status_code == 403
-    manager = staff("view_jobs", "manage_jobs", enforce_csrf_checks=True)
+    manager = user_client("view_jobs", "manage_jobs", enforce_csrf_checks=True)
     assert manager.post(LIMITS_URL, {"action": "reset", "name": "erp"}).status_code == 403
-    manager = staff("view_jobs", "manage_jobs")
+    manager = user_client("view_jobs", "manage_jobs")
     assert 'value="reset"' in manager.get(LIMITS_URL).text
     assert manager.post(LIMITS_URL, {"action": "reset", "name": "a b"}).status_code == 400
     done = manager.post(LIMITS_URL, {"action": "reset", "name": "erp"}, follow=True)

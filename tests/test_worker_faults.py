@@ -8,12 +8,10 @@ the item it proves.
 import json
 import logging
 import signal
-import subprocess
 import threading
 import time
 
 import pytest
-import redis
 from django.conf import settings
 from django.tasks import TaskResultStatus
 from django.tasks.signals import task_finished
@@ -28,8 +26,7 @@ from django_kiq.worker.fetcher import Fetcher, QueueOrder, recover_orphans
 from django_kiq.worker.manager import Manager
 from django_kiq.worker.processor import Processor
 from tests import fault_jobs, jobs
-from tests.conftest import wait_for
-from tests.test_checks import _free_port, _pings
+from tests.conftest import fill_redis, private_redis, wait_for
 
 ENV = {"KIQ_IMPORTS": "tests.jobs,tests.fault_jobs"}
 
@@ -223,14 +220,8 @@ def test_failure_handling_never_raises_out_of_the_processor(store, redis_client)
 
 def test_liveness_survives_redis_being_full_longer_than_the_ttl(worker_factory, redis_url,
                                                                  redis_client, tmp_path):
-    port = _free_port()
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly",
-                               "no", "--maxmemory", "4mb", "--maxmemory-policy", "noeviction",
-                               "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
-    try:
-        full = redis.Redis(port=port)
-        wait_for(lambda: _pings(full))
-        url = f"redis://127.0.0.1:{port}/0"
+    with private_redis(tmp_path, "--maxmemory", "4mb",
+                       "--maxmemory-policy", "noeviction") as (url, full):
         with override_settings(KIQ={**settings.KIQ, "REDIS_URL": url}):
             jobs.record_in_ledger.enqueue("long", sleep=6.0)
         worker = worker_factory("-c", "1", env={
@@ -238,23 +229,13 @@ def test_liveness_survives_redis_being_full_longer_than_the_ttl(worker_factory, 
             "KIQ_HEARTBEAT_INTERVAL": "0.3"})
         identity = wait_for(lambda: next(iter(full.smembers("processes")), b"")).decode()
         wait_for(lambda: full.llen(f"kiq:wip:{identity}") == 1, timeout=10)
-
-        def fill() -> None:
-            """Up to the limit; again at each poll, as Redis frees buffers now and then."""
-            for batch in (500, 1):
-                try:
-                    while True:
-                        full.rpush("filler", *["x" * 50] * batch)
-                except redis.exceptions.OutOfMemoryError:
-                    pass
-
-        wait_for(lambda: fill() or "heartbeat: Redis unavailable (Command"
+        wait_for(lambda: fill_redis(full) or "heartbeat: Redis unavailable (Command"
                  in worker.output(), timeout=10, interval=0.1,
                  message="the heartbeat never met the full Redis")
         peers = Storage(full, Keys())
         deadline = time.monotonic() + 3.5  # past PROCESS_TTL (2 s), still full
         while time.monotonic() < deadline:
-            fill()
+            fill_redis(full)
             assert full.exists(identity), "the live worker's heartbeat hash expired"
             assert peers.orphans() == [], "the live worker looks dead"
             assert recover_orphans(peers, poison_limit=3) == 0  # a peer's pass steals nothing
@@ -264,9 +245,6 @@ def test_liveness_survives_redis_being_full_longer_than_the_ttl(worker_factory, 
         time.sleep(0.5)
         assert redis_client.scard("ledger:long") == 1  # ran once: never recovered elsewhere
         _stop(worker)
-    finally:
-        server.kill()
-        server.wait(timeout=10)
 
 
 # -- item 5: Manager.stop takes acknowledgements and running jobs in one snapshot --------------
