@@ -19,7 +19,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from .. import limits, payload, retry, workflows
 from ..storage import TRANSIENT_ERRORS, Settle, Storage, Succeeded
@@ -123,15 +123,13 @@ def plan_recovery(raws: Sequence[bytes], *, identity: str, poison_limit: int,
     entries = []
     crowded, apart = len(raws) > 1, 0
     for raw in raws:
-        counted = _count_recovery(raw, now=now)
+        counted = _count_or_poison(raw, now=now, poison_limit=poison_limit, why=lambda count: (
+            f"the process running this job died {count} times (last: {identity})"))
         if isinstance(counted, Settle):
             entries.append(counted)
             continue
         job, count = counted
-        if count >= poison_limit:
-            entries.append(_poison(job, raw, now, f"the process running this job died {count} "
-                                   f"times (last: {identity})"))
-        elif crowded and count == poison_limit - 1:
+        if crowded and count == poison_limit - 1:
             apart += 1
             job.update({
                 "error_class": "django_kiq.ProcessDied",
@@ -163,18 +161,27 @@ def plan_cutoff(jobs: Iterable[tuple[str, bytes]], *, identity: str, poison_limi
     """
     entries = []
     for queue, raw in jobs:
-        counted = _count_recovery(raw, now=now)
+        counted = _count_or_poison(raw, now=now, poison_limit=poison_limit, why=lambda count: (
+            f"this job was still running when its process died or was stopped {count} times "
+            f"(last: {identity}, stopped)"))
         if isinstance(counted, Settle):
             entries.append(counted)
-            continue
-        job, count = counted
-        if count >= poison_limit:
-            entries.append(_poison(job, raw, now, f"this job was still running when its "
-                                   f"process died or was stopped {count} times (last: "
-                                   f"{identity}, stopped)"))
         else:
-            entries.append(Settle(kind="q", old=raw, new=payload.encode(job), dest=queue))
+            entries.append(Settle(kind="q", old=raw, new=payload.encode(counted[0]), dest=queue))
     return entries
+
+
+def _count_or_poison(raw: bytes, *, now: float, poison_limit: int,
+                     why: Callable[[int], str]) -> tuple[dict, int] | Settle:
+    """The job with its recovery count raised, or its settle entry when it goes to dead: as a
+    poison pill (``why(count)`` says why) or because it cannot be counted at all."""
+    counted = _count_recovery(raw, now=now)
+    if isinstance(counted, Settle):
+        return counted
+    job, count = counted
+    if count >= poison_limit:
+        return _poison(job, raw, now, why(count))
+    return job, count
 
 
 def _count_recovery(raw: bytes, *, now: float) -> tuple[dict, int] | Settle:
