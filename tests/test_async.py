@@ -18,11 +18,12 @@ from django.conf import settings
 from django.db import transaction
 from django.test import override_settings
 
-from django_kiq import DuplicateJob, PayloadTooLarge, api
+from django_kiq import DuplicateJob, PayloadTooLarge
 from tests import async_jobs as aj
 from tests import control_jobs as cj
 from tests import jobs
 from tests.conftest import wait_for
+from tests.test_control import cancel_while_running
 
 IMPORTS = {"KIQ_IMPORTS": "tests.jobs,tests.async_jobs"}
 HERE = __name__
@@ -243,18 +244,7 @@ def test_cancel_a_running_async_job(redis_client, worker_factory):
     wait_for(lambda: _hget_int(redis_client, "test:started", "run"), timeout=20,
              message=worker.output())
     assert redis_client.hget("test:ctx", "run").decode() == jid  # current_job() in a task
-    asked = time.monotonic()
-    assert api.cancel(jid, by="bob") == "running"
-    wait_for(lambda: _hget_int(redis_client, "test:cleanup", "run"), timeout=5)
-    assert time.monotonic() - asked < 1.0 + 0.2
-    wait_for(lambda: _stat(redis_client, "cancelled") == 1, timeout=5)
-    time.sleep(0.3)
-    assert redis_client.zcard("retry") == 0 and redis_client.zcard("dead") == 0
-    assert _hget_int(redis_client, "test:runs", "run") == 0
-    worker.send(signal.SIGTERM)
-    assert worker.wait(20) == 0
-    assert _stat(redis_client, "failed") == 0
-    assert "cancelled jid=" in worker.output() and "by bob" in worker.output()
+    cancel_while_running(redis_client, worker, jid, "run")
 
 
 def test_async_jobs_of_a_killed_worker_are_recovered(redis_client, worker_factory):

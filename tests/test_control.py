@@ -103,19 +103,26 @@ def test_cancel_a_running_job_from_another_process(redis_client, worker_factory)
     worker = _start(worker_factory, "-c", "2")
     jid = cj.wait_to_be_cancelled.enqueue("run")
     wait_for(lambda: _hget_int(redis_client, "test:started", "run"), timeout=20)
+    cancel_while_running(redis_client, worker, jid, "run")
+    assert api.cancel(jid) is None  # finished: a no-op
+
+
+def cancel_while_running(redis_client, worker, jid: str, token: str) -> None:
+    """Cancel a running ``wait_to_be_cancelled`` job as "bob" from this process and check it
+    ends cancelled within a second: cleaned up, not retried, dead, run or failed; then stop
+    the worker (also used by tests/test_async.py for jobs on the event loop)."""
     asked = time.monotonic()
     assert api.cancel(jid, by="bob") == "running"
-    wait_for(lambda: _hget_int(redis_client, "test:cleanup", "run"), timeout=5)
+    wait_for(lambda: _hget_int(redis_client, "test:cleanup", token), timeout=5)
     assert time.monotonic() - asked < 1.0 + 0.2  # within 1 s (plus a test poll step)
     wait_for(lambda: _stat(redis_client, "cancelled") == 1, timeout=5)
     time.sleep(0.3)
     assert redis_client.zcard("retry") == 0 and redis_client.zcard("dead") == 0
-    assert _hget_int(redis_client, "test:runs", "run") == 0
+    assert _hget_int(redis_client, "test:runs", token) == 0
     worker.send(signal.SIGTERM)
     assert worker.wait(20) == 0
     assert _stat(redis_client, "failed") == 0
     assert "cancelled jid=" in worker.output() and "by bob" in worker.output()
-    assert api.cancel(jid) is None  # finished: a no-op
 
 
 def test_a_cancelled_job_recovered_from_a_killed_worker_never_runs(redis_client,
