@@ -5,6 +5,16 @@ chars), ``queue``, ``retry``, ``created_at`` and ``enqueued_at`` (epoch seconds 
 ``kwargs`` (django-kiq's keyword arguments, omitted when empty) and the failure fields written
 by the retry machinery. Only JSON-native values are accepted, so what a job receives is exactly
 what its caller passed, in Python or Ruby. Pure functions: no Redis, no settings.
+
+JSON is written and read by orjson when it is installed (``pip install django-kiq[orjson]``;
+decided once, at import), else by the standard library: the same bytes either way (compact
+separators, UTF-8 rather than ``\\u`` escapes, keys in insertion order, shortest float digits;
+only an exponent's leading zero differs, ``1e-7`` against ``1e-07``, and both parse to the same
+float in Python and Ruby), and the same values read back. Both refuse NaN and infinities when
+reading; orjson reads an integer wider than 64 bits as a float, so such a payload is read
+again by the standard library, and orjson refuses to write one, so that hash is written by it
+too. What orjson would write but the standard library refuses (datetimes, dataclasses, UUIDs,
+subclasses of str/int) also falls back, so it fails the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +25,11 @@ import secrets
 from typing import Any
 
 from .exceptions import MalformedPayload
+
+try:
+    import orjson
+except ImportError:  # the stdlib path: same bytes, a few µs more per job
+    orjson = None  # type: ignore[assignment]
 
 _NATIVE_SCALARS = (str, int, bool, type(None))
 _FLAT = frozenset(_NATIVE_SCALARS)  # exact types: an int subclass still gets the full check
@@ -107,18 +122,90 @@ def for_schedule(job: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in job.items() if key != "at"}
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False)
+# One shared encoder: json.dumps would build a new one per call on this hot path. allow_nan
+# off: NaN and Infinity are not JSON (a Ruby process could not parse the job).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False,
+                            allow_nan=False)
 
 
-def encode(job: dict[str, Any]) -> bytes:
-    # One shared encoder: json.dumps would build a new one per call on this hot path.
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value - value != 0:  # 1e400 overflows to infinity
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+def encode_stdlib(job: dict[str, Any]) -> bytes:
     return _ENCODER.encode(job).encode()
+
+
+def decode_json_stdlib(raw: bytes | str) -> Any:
+    return _DECODER.decode(raw if isinstance(raw, str) else raw.decode())
+
+
+if orjson is not None:
+    # What the standard library would refuse or write differently raises here instead of being
+    # written by orjson's own rules, and goes to the standard library (see the docstring).
+    _OR_OPTIONS = (orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+                   | orjson.OPT_PASSTHROUGH_SUBCLASS)
+    _OR_ENCODE_ERROR: type[Exception] = orjson.JSONEncodeError
+    _OR_DECODE_ERROR: type[Exception] = orjson.JSONDecodeError
+# orjson reads an integer outside [-2**63, 2**64) as a float: a float outside that range in
+# its result may be one (or a float that large in the text); the stdlib reads such a payload.
+_INT_LOW, _INT_HIGH = -(2.0 ** 63), 2.0 ** 64
+
+
+def _exact(values: Any) -> bool:
+    """False if a float among ``values`` (nested) may be a wide integer orjson read as float."""
+    for value in values:
+        kind = type(value)
+        if kind is float:
+            if not _INT_LOW < value < _INT_HIGH:
+                return False
+        elif kind is list:
+            if not _exact(value):
+                return False
+        elif kind is dict and not _exact(value.values()):
+            return False
+    return True
+
+
+def encode_orjson(job: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(job, option=_OR_OPTIONS)
+    except _OR_ENCODE_ERROR:  # an int over 64 bits, a datetime...: the stdlib's rules
+        return encode_stdlib(job)
+
+
+def decode_json_orjson(raw: bytes | str) -> Any:
+    try:
+        value = orjson.loads(raw)
+    except _OR_DECODE_ERROR as exc:
+        if "depth" in str(exc):  # orjson stops at 1024 levels, below Python's recursion
+            raise RecursionError(str(exc)) from None
+        raise
+    if type(value) is dict and not _exact(value.values()):
+        return decode_json_stdlib(raw)
+    return value
+
+
+#: The JSON backend in use: "orjson" or "json" (chosen at import).
+BACKEND = "orjson" if orjson is not None else "json"
+encode = encode_orjson if orjson is not None else encode_stdlib
+decode_json = decode_json_orjson if orjson is not None else decode_json_stdlib
 
 
 def decode(raw: bytes | str) -> dict[str, Any]:
     """Parse and validate a job hash; MalformedPayload says what is wrong with it."""
     try:
-        job = json.loads(raw)
+        job = decode_json(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedPayload(f"payload is not valid JSON: {exc}") from None
     except RecursionError:
