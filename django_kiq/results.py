@@ -6,7 +6,7 @@ or never enqueued). The record is written at enqueue ("queued"/"scheduled"), at 
 and value or error), so the status never disagrees with where the job is. ``wait()`` blocks on
 the job's "done" list (pushed in that settle step) rather than polling. django.tasks results
 (``KiqBackend``) read through the same :func:`get`, and their ``wait()`` wakes the same way
-(the tasks backend pushes the "done" list when it records the end). Any thread; async forms
+(a task's record is the same record, written by the same steps). Any thread; async forms
 for async views.
 """
 
@@ -23,8 +23,6 @@ from . import storage
 
 STATUSES = ("queued", "scheduled", "running", "retrying", "succeeded", "failed", "cancelled")
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
-_TASK_STATUS = {"READY": "queued", "RUNNING": "running", "SUCCESSFUL": "succeeded",
-                "FAILED": "failed"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,7 +33,8 @@ class JobResult:
     error: dict[str, Any] | None = None  # class, message, backtrace
     attempt: int = 0
     enqueued_at: float | None = None
-    started_at: float | None = None
+    started_at: float | None = None  # the first attempt's start
+    last_attempted_at: float | None = None  # the latest attempt's start
     finished_at: float | None = None
     progress: float | None = None
     progress_message: str = ""
@@ -78,10 +77,7 @@ class JobResult:
 def get(jid: str) -> JobResult | None:
     """The job's result, or None if none is kept (results off, expired, unknown jid)."""
     record = storage.get_default().job_result(str(jid))
-    if record is not None:
-        return from_record(str(jid), record)
-    task = storage.get_default().task_result(str(jid))
-    return from_task_record(str(jid), task) if task is not None else None
+    return from_record(str(jid), record) if record is not None else None
 
 
 async def aget(jid: str) -> JobResult | None:
@@ -110,22 +106,9 @@ def from_record(jid: str, record: dict[str, str]) -> JobResult:
         value=_json(record.get("value")), error=_json(record.get("error")),
         attempt=int(_num(record.get("attempt")) or 0),
         enqueued_at=_num(record.get("enqueued_at")), started_at=_num(record.get("started_at")),
+        last_attempted_at=_num(record.get("last_attempted_at")),
         finished_at=_num(record.get("finished_at")), progress=_num(record.get("progress")),
         progress_message=record.get("progress_message", ""))
-
-
-def from_task_record(jid: str, record: dict[str, str]) -> JobResult:
-    """A django.tasks result (``KiqBackend``'s record) read as a :class:`JobResult`."""
-    errors = sorted((k for k in record if k.startswith("error:")), key=lambda k: k[6:])
-    error = _json(record[errors[-1]]) if errors else None
-    return JobResult(
-        jid=jid, status=_TASK_STATUS.get(record.get("status", ""), "queued"),
-        value=_json(record.get("return_value")),
-        error={"class": error.get("exception_class_path"), "message": "",
-               "backtrace": error.get("traceback")} if isinstance(error, dict) else None,
-        attempt=int(_num(record.get("attempts")) or 0),
-        enqueued_at=_num(record.get("enqueued_at")), started_at=_num(record.get("started_at")),
-        finished_at=_num(record.get("finished_at")))
 
 
 def _json(text: str | None) -> Any:

@@ -1,7 +1,11 @@
 """``KiqBackend``: Django's ``django.tasks`` API running on django-kiq workers.
 
 A thin adapter: it translates between Django's ``Task``/``TaskResult`` and django-kiq's job hash
-and result record, and holds no queueing logic of its own.
+and result record, and holds no queueing logic of its own. A task's result is the same record
+``@job(result_ttl=...)`` jobs keep (``django_kiq.results``, docs/workflows.md): the worker writes
+its start, its end, its value or error, and puts it back to "queued" when it is pushed back, as
+for any job; the backend adds only what Django's ``TaskResult`` has beyond that (the task, its
+arguments and options, every attempt's error and worker id).
 
 - Enqueue (caller's thread) builds an ordinary job hash whose ``class`` is the registered shim
   job :data:`SHIM_NAME` (``display_class`` is the task's module path, so the admin shows the
@@ -9,13 +13,12 @@ and result record, and holds no queueing logic of its own.
   testing modes and enqueue-on-commit apply as for ``@job``. The writer stores the result record
   and the job in one atomic call, placing the job in its queue by priority
   (``storage.push_task``) or in the schedule set when deferred (``storage.schedule_task``).
-- The worker runs the shim like any job (processor thread). The shim finds the task among the
-  modules already imported at start-up (never imports a path read from Redis), counts the
-  attempt in the record, calls the task, records the outcome, sends Django's signals, and
-  re-raises a failure so django-kiq's retry machinery decides what happens next.
-- When the worker stops with tasks still running, their jobs go back to their queues and
-  ``kiq_worker`` (main thread, after the launcher returned) calls :func:`release_interrupted`,
-  which sets those results back to READY.
+- The worker runs the shim like any job that keeps its result (processor thread). The shim
+  finds the task among the modules already imported at start-up (never imports a path read
+  from Redis), counts the attempt in the record, calls the task, records a failure's error,
+  sends Django's signals, and returns the value or re-raises the failure: the job's settle step
+  records the final status and value, and django-kiq's retry machinery decides what a failure
+  means. A task cut off by a stopping worker reads READY again as its job is pushed back.
 
 Lifecycle: Django builds one backend per alias and thread, on first use, often at import time
 (``@task``): construction only stores the configuration. Redis is reached at call time.
@@ -48,7 +51,7 @@ from django.tasks.signals import task_enqueued, task_finished, task_started
 from django.utils import timezone
 from django.utils.json import normalize_json
 
-from . import client, payload, retry, storage
+from . import client, payload, storage
 from .conf import KiqSettings
 from .exceptions import EnqueueError, UnknownJob
 from .registry import QUEUE_NAME, job
@@ -157,7 +160,8 @@ class KiqBackend(BaseTaskBackend):
                 "retry": self._option("retry") if count is None else count,
                 "task_retry": count, "enqueued_at": _epoch(result.enqueued_at)}
         options: dict[str, Any] = {"retry": meta["retry"], "display_class": task.module_path,
-                                   "wrapped": task.module_path}
+                                   "wrapped": task.module_path,
+                                   "kiq_result_ttl": self.result_ttl}
         if task.priority:
             options["priority"] = task.priority
         now = time.time()
@@ -174,9 +178,11 @@ class KiqBackend(BaseTaskBackend):
         """The writer ``submit_payloads`` calls (maybe at commit): record + job, then signal."""
         store = storage.get_default()
         for job_hash in jobs:
-            record = {**_static_fields(*job_hash["args"]), "status": TaskResultStatus.READY}
             now, at = time.time(), job_hash.get("at")
             deferred = at is not None and at > now
+            record = {**_static_fields(*job_hash["args"]),
+                      "status": "scheduled" if deferred else "queued",
+                      "class": result.task.module_path}
             # The schedule set keeps the time in the score only, as Sidekiq does.
             ready = payload.for_schedule(job_hash) if deferred else \
                 payload.ready_for_queue(job_hash, now)
@@ -199,8 +205,8 @@ class KiqBackend(BaseTaskBackend):
     # -- results (any process) -----------------------------------------------------------------
 
     def get_result(self, result_id: str) -> TaskResult:
-        record = storage.get_default().task_result(str(result_id))
-        if record is None:
+        record = storage.get_default().job_result(str(result_id))
+        if record is None or "task" not in record:  # none, or a @job's
             raise TaskResultDoesNotExist(result_id)
         task = find_task(record.get("task", ""))
         if task is None:
@@ -211,10 +217,11 @@ class KiqBackend(BaseTaskBackend):
 
     # -- execution (a worker's processor thread, through the shim job) -------------------------
 
-    def execute(self, module_path: str, args: list, kwargs: dict, meta: dict) -> None:
+    def execute(self, module_path: str, args: list, kwargs: dict, meta: dict) -> Any:
+        """Run the task; its return value (JSON-ready), or the failure re-raised."""
         store, result_id, now = storage.get_default(), meta["id"], time.time()
-        fields = {**_static_fields(module_path, args, kwargs, meta),
-                  "status": TaskResultStatus.RUNNING, "last_attempted_at": repr(now)}
+        fields = {**_static_fields(module_path, args, kwargs, meta), "class": module_path,
+                  "status": "running", "last_attempted_at": repr(now)}
         attempt, record = store.start_task_attempt(result_id, fields, worker_id=_worker_id(),
                                                    now=now, ttl=self.result_ttl)
         # Count failures, not attempts: a run cut short by a dead worker is rerun without using
@@ -225,8 +232,7 @@ class KiqBackend(BaseTaskBackend):
         if task is None:
             exc = UnknownTask(f"no task {module_path!r} is defined by a module this worker "
                               "loaded (an installed app's tasks.py or jobs.py, or KIQ['IMPORTS'])")
-            self._record_failure(store, result_id, attempt, _task_error(exc), final,
-                                 failed_before)
+            self._record_failure(store, result_id, attempt, _task_error(exc), final)
             raise exc
         result = _result_from_record(result_id, record, task)
         task_started.send(type(self), task_result=result)
@@ -236,79 +242,35 @@ class KiqBackend(BaseTaskBackend):
         except BaseException as exc:  # noqa: BLE001 - SystemExit fails the task, as in core
             error = _task_error(exc)
             result.errors.append(error)
-            finished = self._record_failure(store, result_id, attempt, error, final,
-                                            failed_before)
+            self._record_failure(store, result_id, attempt, error, final)
             _set(result, status=TaskResultStatus.FAILED if final else TaskResultStatus.READY,
-                 finished_at=finished)
+                 finished_at=timezone.now() if final else None)
             if final:  # inside the handler, as core does: receivers can log exc_info
                 task_finished.send(type(self), task_result=result)
             raise
-        done_at = time.time()
-        store.update_task_result(result_id, {
-            "status": TaskResultStatus.SUCCESSFUL, "finished_at": repr(done_at),
-            "return_value": json.dumps(value)}, ttl=self.result_ttl)
-        _set(result, status=TaskResultStatus.SUCCESSFUL, finished_at=_time(done_at),
+        # The job's settle step records SUCCESSFUL and the value (as for any job's result).
+        _set(result, status=TaskResultStatus.SUCCESSFUL, finished_at=timezone.now(),
              _return_value=value)
         task_finished.send(type(self), task_result=result)
+        return value
 
     def _record_failure(self, store: storage.Storage, result_id: str, attempt: int,
-                        error: TaskError, final: bool, failed_before: int) -> datetime | None:
-        fields = {f"error:{attempt}": json.dumps({
-            "exception_class_path": error.exception_class_path, "traceback": error.traceback})}
-        if final:
-            finished = repr(time.time())
-            fields.update(status=TaskResultStatus.FAILED, finished_at=finished)
-            store.update_task_result(result_id, fields, ttl=self.result_ttl)
-            return _time(finished)
-        # READY again while the job waits in the retry set: keep the record beyond the longest
-        # backoff this retry can get (the job's retry_count is now ``failed_before``).
-        fields["status"] = TaskResultStatus.READY
-        longest = retry.backoff(failed_before, rand=lambda low, high: high)
-        store.update_task_result(result_id, fields, ttl=self.result_ttl + math.ceil(longest))
-        return None
+                        error: TaskError, final: bool) -> None:
+        """Keep this attempt's error (Django's ``TaskResult.errors`` lists them all); the
+        job's settle step records the status ("retrying" reads READY, "failed" FAILED)."""
+        store.write_job_results([(result_id, {f"error:{attempt}": json.dumps({
+            "exception_class_path": error.exception_class_path,
+            "traceback": error.traceback})}, self.result_ttl)])
 
 
 @job(name=SHIM_NAME, retry=0)  # the job hash's own "retry" field is what counts
-def run_task(module_path: str, args: list, kwargs: dict, meta: dict) -> None:
+def run_task(module_path: str, args: list, kwargs: dict, meta: dict) -> Any:
     """The job every task runs as: hands over to the backend that enqueued it."""
     backend = task_backends[meta["backend"]]
     if not isinstance(backend, KiqBackend):
         raise InvalidTaskBackend(f"task backend {meta['backend']!r} is not a KiqBackend in "
                                  "this worker; configure TASKS as in the enqueueing process")
-    attempt = (str(meta["id"]), _worker_id())
-    with _running_lock:
-        _running[attempt] = backend.result_ttl
-    try:
-        backend.execute(module_path, args, kwargs, meta)
-    finally:
-        with _running_lock:
-            _running.pop(attempt, None)
-
-
-# Attempts this process's threads are running: (result id, worker id) -> the record's TTL.
-_running: dict[tuple[str, str], int] = {}
-_running_lock = threading.Lock()
-
-
-def release_interrupted() -> int:
-    """Mark READY again the results of the tasks still running when the worker stopped.
-
-    ``kiq_worker`` calls it once ``Launcher.run()`` has returned: a task running then was cut
-    off (a second Ctrl-C, or ``--timeout`` ran out), and its job was pushed back to its queue
-    (or left for orphan recovery) to run again, so its result must not say RUNNING while it
-    waits. ``task_release.lua`` leaves a record that another worker has started since.
-    Returns how many results changed.
-    """
-    with _running_lock:
-        attempts = list(_running.items())
-    store, released = storage.get_default(), 0
-    for (result_id, worker_id), ttl in attempts:
-        try:
-            released += store.release_task_attempt(result_id, worker_id=worker_id, ttl=ttl)
-        except storage.RedisError as exc:
-            logger.warning("task %s cut off by the stop still reads RUNNING: Redis error: %s",
-                           result_id, exc)
-    return released
+    return backend.execute(module_path, args, kwargs, meta)
 
 
 def find_task(module_path: str) -> Task | None:
@@ -337,13 +299,21 @@ def _static_fields(module_path: str, args: list, kwargs: dict, meta: dict) -> di
             "args": json.dumps(args), "kwargs": json.dumps(kwargs)}
 
 
+# The shared result record's status (django_kiq.results.STATUSES) as Django's.
+_STATUS = {"queued": TaskResultStatus.READY, "scheduled": TaskResultStatus.READY,
+           "retrying": TaskResultStatus.READY, "running": TaskResultStatus.RUNNING,
+           "succeeded": TaskResultStatus.SUCCESSFUL, "failed": TaskResultStatus.FAILED,
+           "cancelled": TaskResultStatus.FAILED}
+
+
 def _result_from_record(result_id: str, record: dict[str, str], task: Task) -> TaskResult:
     attempts = int(record.get("attempts") or 0)
     errors = sorted((int(k.partition(":")[2]), json.loads(v)) for k, v in record.items()
                     if k.startswith("error:"))
     variant = _variant(task, **_options(record, task))
     result = TaskResult(
-        task=variant, id=result_id, status=TaskResultStatus(record.get("status", "READY")),
+        task=variant, id=result_id,
+        status=_STATUS.get(record.get("status", ""), TaskResultStatus.READY),
         enqueued_at=_time(record.get("enqueued_at")), started_at=_time(record.get("started_at")),
         last_attempted_at=_time(record.get("last_attempted_at")),
         finished_at=_time(record.get("finished_at")),
@@ -352,8 +322,8 @@ def _result_from_record(result_id: str, record: dict[str, str], task: Task) -> T
         backend=variant.backend, errors=[TaskError(**error) for _, error in errors],
         worker_ids=[record[f"worker:{n}"] for n in range(1, attempts + 1)
                     if f"worker:{n}" in record])
-    if "return_value" in record:
-        _set(result, _return_value=json.loads(record["return_value"]))
+    if record.get("status") == "succeeded" and "value" in record:
+        _set(result, _return_value=json.loads(record["value"]))
     return result
 
 

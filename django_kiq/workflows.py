@@ -12,6 +12,7 @@ outcome to a status and a batch count is pure (:func:`status_of`).
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -59,7 +60,7 @@ def record_enqueued(store: storage.Storage, jobs: list[dict[str, Any]], settings
             continue
         at = job.get("at")
         status = "scheduled" if at is not None and at > now else "queued"
-        items.append((job["jid"], {"status": status, "class": str(job.get("class", "")),
+        items.append((job["jid"], {"status": status, "class": _class_of(job),
                                    "enqueued_at": repr(now)}, ttl))
     store.write_job_results(items)
 
@@ -74,9 +75,9 @@ def on_start(current: Any, job: dict[str, Any], settings: KiqSettings,
     if ttl is None or store is None:
         return
     jid = str(job.get("jid"))
-    store.write_job_results([(jid, {"status": "running", "started_at": repr(time.time()),
-                                    "attempt": str(attempt_of(job)),
-                                    "class": str(job.get("class", ""))}, ttl)])
+    store.start_job_result(jid, {"status": "running", "last_attempted_at": repr(time.time()),
+                                 "attempt": str(attempt_of(job)),
+                                 "class": _class_of(job)}, ttl)
 
     def report(percent: float, message: str) -> None:
         store.write_job_results([(jid, {"progress": repr(percent),
@@ -104,6 +105,8 @@ def on_outcome(outcome: Any, job: dict[str, Any], value: Any, settings: KiqSetti
             return outcome._replace(batch=mark)
     write = None
     if ttl is not None:
+        if outcome.kind in ("retry", "reschedule"):  # kept while the job waits to run again
+            ttl += max(0, math.ceil(outcome.at - time.time()))
         fields = {"status": status, "attempt": str(attempt_of(job))}
         if finished:
             fields["finished_at"] = repr(time.time())
@@ -121,6 +124,21 @@ def on_outcome(outcome: Any, job: dict[str, Any], value: Any, settings: KiqSetti
     import dataclasses
 
     return dataclasses.replace(outcome, **changes)
+
+
+def requeued_cleanups(job: dict[str, Any], status: str = "queued",
+                      settings: KiqSettings | None = None) -> dict[str, Any]:
+    """The ``result`` field of a settle entry putting a started ``job`` back to wait, without
+    an outcome (cut off by a shutdown, or found orphaned by recovery): its result reads
+    ``status`` ("queued", or "retrying" in the retry set) again, in the same step as the move,
+    so no worker can have started it since. Empty when the job keeps no result."""
+    from .conf import get_settings
+
+    ttl = result_ttl(job, settings or get_settings())
+    if ttl is None:
+        return {}
+    return {"result": storage.ResultWrite(jid=str(job.get("jid")), ttl=ttl,
+                                          fields=(("status", status),), finished=False)}
 
 
 def dead_cleanups(job: dict[str, Any], settings: KiqSettings | None = None) -> dict[str, Any]:
@@ -147,6 +165,12 @@ def dead_cleanups(job: dict[str, Any], settings: KiqSettings | None = None) -> d
         cleanups["result"] = storage.ResultWrite(jid=str(job.get("jid")), ttl=ttl,
                                                  fields=tuple(fields.items()), finished=True)
     return cleanups
+
+
+def _class_of(job: dict[str, Any]) -> str:
+    """What the record calls the job: a wrapper's ``display_class`` (a django.tasks task's
+    path), else its class."""
+    return str(job.get("display_class") or job.get("class", ""))
 
 
 def _value_fields(value: Any) -> dict[str, str]:

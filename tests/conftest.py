@@ -232,3 +232,22 @@ def django_db_setup(django_db_setup, django_db_blocker):
     with django_db_blocker.unblock(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                        "WHERE datname = %s AND pid <> pg_backend_pid()", [name])
+
+
+def run_as_worker(raw: bytes, queue: str = "default", identity: str = "test-run:1:abc"):
+    """Run one job as a worker does, in this process: into an in-progress list, through a
+    processor thread's steps, then its settle step (where a result record ends). Its outcome."""
+    from django_kiq import storage
+    from django_kiq.conf import get_settings
+    from django_kiq.stats import Counters
+    from django_kiq.worker.control import Control
+    from django_kiq.worker.manager import Manager
+    from django_kiq.worker.processor import Processor
+
+    store = storage.get_default()
+    store.client.lpush(store.keys.wip(identity), raw)
+    processor = Processor(settings=get_settings(), counters=Counters(),
+                          control=Control(store=store))
+    outcome = processor.process(queue, raw, "kiq-t")
+    assert store.settle(identity, [Manager._settle_entry(outcome)]) == [1]
+    return outcome

@@ -148,15 +148,13 @@ def test_result_and_batch_ttl_settings_are_checked(settings):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_django_tasks_result_reads_and_waits_through_the_same_api(redis_client):
-    """results.get(task id) is a JobResult; its wait() wakes when the task's end is recorded
-    (the tasks backend pushes the same "done" list), not at the timeout."""
+    """results.get(task id) is a JobResult: a task's result is the same record, so wait()
+    wakes when the task's settle step records its end, not at the timeout."""
     from django.tasks import task_backends
     from django.test import override_settings
 
-    from django_kiq.conf import get_settings
-    from django_kiq.stats import Counters
-    from django_kiq.worker.processor import Processor
     from tests import djtasks
+    from tests.conftest import run_as_worker
 
     with override_settings(TASKS={"default": {"BACKEND": "django_kiq.tasks.KiqBackend"}}):
         assert task_backends["default"]
@@ -168,7 +166,7 @@ def test_a_django_tasks_result_reads_and_waits_through_the_same_api(redis_client
         started = time.monotonic()
         waiter.start()
         raw = redis_client.rpop("queue:default")
-        Processor(settings=get_settings(), counters=Counters()).process("default", raw, "t")
+        run_as_worker(raw)
         waiter.join(10)
     assert got and got[0].status == "succeeded" and got[0].value == 5
     assert time.monotonic() - started < 5

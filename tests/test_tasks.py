@@ -2,8 +2,8 @@
 
 Tasks live in ``tests/djtasks.py``. Worker subprocesses run them for the end-to-end checks
 (results read back from another process); retries and signals run the shim job in this process
-through ``Processor.process``, exactly what a worker's processor thread runs, so no test waits
-for a retry backoff.
+through ``conftest.run_as_worker`` (a processor thread's steps, then the job's settle step), so no
+test waits for a retry backoff.
 """
 
 from __future__ import annotations
@@ -24,13 +24,10 @@ from django.test import override_settings
 from django.utils import timezone
 
 from django_kiq import PayloadTooLarge, storage
-from django_kiq.conf import get_settings
-from django_kiq.stats import Counters
 from django_kiq.storage import results as result_ops
 from django_kiq.tasks import SHIM_NAME, KiqBackend, KiqTask
-from django_kiq.worker.processor import Processor
 from tests import djtasks, jobs
-from tests.conftest import wait_for
+from tests.conftest import run_as_worker, wait_for
 
 WORKER_ENV = {"KIQ_IMPORTS": "tests.jobs,tests.djtasks"}
 # The processor closes stale DB connections around each job, as in a worker.
@@ -73,10 +70,10 @@ def queued(redis_client, queue="default"):
 
 
 def run_next(redis_client, queue="default", raw=None):
-    """Take the head job of ``queue`` (or run ``raw``) as a worker's processor thread would."""
+    """Take the head job of ``queue`` (or run ``raw``) as a worker would."""
     raw = raw if raw is not None else redis_client.rpop(f"queue:{queue}")
     assert raw is not None, f"queue {queue} is empty"
-    return Processor(settings=get_settings(), counters=Counters()).process(queue, raw, "kiq-t")
+    return run_as_worker(raw, queue)
 
 
 # -- configuration ----------------------------------------------------------------------------
@@ -134,7 +131,7 @@ def test_enqueue_returns_ready_result_and_pushes_a_job(backend, redis_client, si
     stored = djtasks.add.get_result(result.id)
     assert stored.status == TaskResultStatus.READY and stored.args == [2]
     assert stored.enqueued_at == result.enqueued_at
-    assert 86_000 < redis_client.ttl(f"kiq:task:{result.id}") <= 86_400
+    assert 86_000 < redis_client.ttl(f"kiq:result:{result.id}") <= 86_400
 
 
 def test_payload_size_limit_applies(backend, redis_client, redis_url):
@@ -192,7 +189,7 @@ def test_run_after_datetime_and_timedelta_schedule_the_job(backend, redis_client
     assert scores[delta_result.id] == pytest.approx(delta_result.task.run_after.timestamp())
     stored = djtasks.add.get_result(at_result.id)
     assert stored.status == TaskResultStatus.READY and stored.task.run_after == when
-    assert redis_client.ttl(f"kiq:task:{at_result.id}") > 86_400 + 3500  # outlives the wait
+    assert redis_client.ttl(f"kiq:result:{at_result.id}") > 86_400 + 3500  # outlives the wait
 
 
 # -- on commit --------------------------------------------------------------------------------
@@ -203,7 +200,7 @@ def test_rollback_pushes_nothing_and_commit_pushes(backend, redis_client, signal
         rolled_back = djtasks.add.enqueue(1, 1)
         raise RuntimeError("roll back")
     assert redis_client.llen("queue:default") == 0 and signals == []
-    assert not redis_client.exists(f"kiq:task:{rolled_back.id}")
+    assert not redis_client.exists(f"kiq:result:{rolled_back.id}")
     with transaction.atomic():
         committed = djtasks.add.enqueue(2, 2)
         assert redis_client.llen("queue:default") == 0
@@ -244,7 +241,7 @@ def test_retries_append_attempts_and_errors(backend, redis_client, signals):
     result.refresh()
     assert result.status == TaskResultStatus.READY and result.attempts == 1
     assert [e.exception_class_path for e in result.errors] == ["builtins.RuntimeError"]
-    assert redis_client.ttl(f"kiq:task:{result.id}") > 86_400  # outlives the retry backoff
+    assert redis_client.ttl(f"kiq:result:{result.id}") > 86_400  # outlives the retry backoff
     outcome = run_next(redis_client, raw=outcome.new)
     assert outcome.kind == "retry"
     assert run_next(redis_client, raw=outcome.new).kind == "done"
@@ -298,8 +295,8 @@ def test_unknown_task_is_handled_like_an_unknown_job_and_never_imported(backend,
     assert outcome.kind == "dead"  # retry 0: straight to the dead set, like an unknown job
     assert json.loads(outcome.new)["error_class"] == "django_kiq.tasks.UnknownTask"
     assert "this" not in sys.modules
-    record = storage.get_default().task_result(result.id)
-    assert record["status"] == "FAILED" and record["attempts"] == "1"
+    record = storage.get_default().job_result(result.id)
+    assert record["status"] == "failed" and record["attempts"] == "1"
     assert "UnknownTask" in json.loads(record["error:1"])["exception_class_path"]
     with pytest.raises(TaskResultDoesNotExist, match="not defined"):
         backend.get_result(result.id)  # results never import a path read from Redis either

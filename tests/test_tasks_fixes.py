@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 import sys
 
 import pytest
@@ -90,19 +91,40 @@ def test_a_task_pushed_back_on_stop_reads_ready_then_runs(backend, redis_client,
     assert f":{second.pid}:" in result.worker_ids[1]
 
 
-def test_release_leaves_a_record_another_worker_started(backend, store):
-    """The conditional write: only the attempt that was cut off goes back to READY."""
-    result = djtasks.add.enqueue(1, 2)
-    store.start_task_attempt(result.id, {"status": "RUNNING"}, worker_id="h:1:a", now=1.0,
-                             ttl=60)
-    store.start_task_attempt(result.id, {"status": "RUNNING"}, worker_id="h:2:b", now=2.0,
-                             ttl=60)
-    assert store.release_task_attempt(result.id, worker_id="h:1:a", ttl=60) is False
-    assert backend.get_result(result.id).status == TaskResultStatus.RUNNING
-    assert store.release_task_attempt(result.id, worker_id="h:2:b", ttl=60) is True
-    assert backend.get_result(result.id).status == TaskResultStatus.READY
-    assert store.release_task_attempt("0" * 24, worker_id="h:2:b", ttl=60) is False
-    assert not store.client.exists(store.keys.task_result("0" * 24))
+def test_a_recovered_orphan_reads_ready_in_the_step_that_requeues_it(backend, store,
+                                                                    redis_client):
+    """Orphan recovery puts a started task back with its result "queued" (READY) in the same
+    settle step as the push, so no worker can have started it in between; the same holds for
+    a @job keeping its result, and a job sent to the retry set to run apart reads "retrying"."""
+    from django_kiq import results
+    from django_kiq.worker.fetcher import plan_recovery
+    from tests import workflow_jobs
+
+    task = djtasks.add.enqueue(1, 2)
+    jid = workflow_jobs.add.enqueue(2, 3)
+    raws = [redis_client.rpop("queue:default") for _ in range(2)]
+    dead = "gone-host:1:deadbeef"
+    for raw in raws:
+        redis_client.lpush(store.keys.wip(dead), raw)
+    for one in (task.id, jid):
+        store.start_job_result(one, {"status": "running", "last_attempted_at": "1.0"}, ttl=60)
+    assert backend.get_result(task.id).status == TaskResultStatus.RUNNING
+
+    entries = plan_recovery(raws, identity=dead, poison_limit=3, now=time.time())
+    assert store.settle(dead, entries) == [1, 1]
+    assert backend.get_result(task.id).status == TaskResultStatus.READY
+    assert results.get(jid).status == "queued" and results.get(task.id).status == "queued"
+    assert results.get(jid).started_at == 1.0  # the first attempt's start is kept
+
+    # The last chance before the poison limit, with company: to the retry set, "retrying".
+    raws = [redis_client.rpop("queue:default") for _ in range(2)]
+    for raw in raws:
+        redis_client.lpush(store.keys.wip(dead), raw)
+    entries = plan_recovery(raws, identity=dead, poison_limit=3, now=time.time())  # 2nd death
+    assert [e.dest for e in entries] == ["retry", "retry"]
+    assert store.settle(dead, entries) == [1, 1]
+    assert results.get(jid).status == "retrying"
+    assert backend.get_result(task.id).status == TaskResultStatus.READY
 
 
 # -- 17: the demo project has a periodic job ----------------------------------------------------

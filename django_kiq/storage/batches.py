@@ -199,6 +199,16 @@ class BatchOps(StorageBase):
             pipe.expire(key, max(1, int(ttl)))
         pipe.execute()
 
+    def start_job_result(self, jid: str, fields: Mapping[str, str], ttl: int) -> None:
+        """Record an attempt's start: set ``fields`` and, on the first attempt only,
+        ``started_at`` (the time of the attempt's ``last_attempted_at``); refresh the TTL."""
+        key = self.keys.job_result(jid)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(key, mapping=dict(fields))  # type: ignore[arg-type]
+        pipe.hsetnx(key, "started_at", fields.get("last_attempted_at", ""))
+        pipe.expire(key, max(1, int(ttl)))
+        pipe.execute()
+
     def job_result(self, jid: str) -> dict[str, str] | None:
         flat = self.client.hgetall(self.keys.job_result(jid))
         return {_text(a): _text(b) for a, b in flat.items()} if flat else None

@@ -102,10 +102,6 @@ class Keys:
     def metrics_names(self, hour: int) -> str:
         return self._k(f"kiq:metrics:{hour}")
 
-    def task_result(self, result_id: str) -> str:
-        """HASH: one django.tasks result (status, timestamps, attempts, errors), with a TTL."""
-        return self._k(f"kiq:task:{result_id}")
-
     # Execution control (docs/execution.md).
 
     def unique(self, digest: str) -> str:
@@ -151,7 +147,8 @@ class Keys:
     # Workflows (docs/workflows.md): job results, batches.
 
     def job_result(self, jid: str) -> str:
-        """HASH: a ``@job(result_ttl=...)``'s status, value, error, progress (with a TTL)."""
+        """HASH: a ``@job(result_ttl=...)``'s or a django.tasks task's status, value, error,
+        progress (with a TTL)."""
         return self._k(f"kiq:result:{jid}")
 
     def job_result_done(self, jid: str) -> str:

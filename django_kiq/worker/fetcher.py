@@ -138,10 +138,11 @@ def plan_recovery(raws: Sequence[bytes], *, identity: str, poison_limit: int,
                                  "more before it counts as a poison pill",
             })
             entries.append(Settle(kind="z", old=raw, new=payload.encode(job), dest="retry",
-                                  score=now + apart * APART))
+                                  score=now + apart * APART,
+                                  **workflows.requeued_cleanups(job, status="retrying")))
         else:
             entries.append(Settle(kind="q", old=raw, new=payload.encode(job),
-                                  dest=_queue_of(raw)))
+                                  dest=_queue_of(raw), **workflows.requeued_cleanups(job)))
     return entries
 
 
@@ -167,7 +168,8 @@ def plan_cutoff(jobs: Iterable[tuple[str, bytes]], *, identity: str, poison_limi
         if isinstance(counted, Settle):
             entries.append(counted)
         else:
-            entries.append(Settle(kind="q", old=raw, new=payload.encode(counted[0]), dest=queue))
+            entries.append(Settle(kind="q", old=raw, new=payload.encode(counted[0]), dest=queue,
+                                  **workflows.requeued_cleanups(counted[0])))
     return entries
 
 

@@ -270,9 +270,10 @@ class Manager:
             return Settle(kind="d", old=outcome.raw, new=outcome.new, score=outcome.at, **ended)
         if outcome.kind == "reschedule":  # met a full limiter (limits.py): back when it has room
             return Settle(kind="z", old=outcome.raw, new=outcome.new, dest="schedule",
-                          score=outcome.at)
+                          score=outcome.at, **workflow)
         if outcome.kind == "requeue":  # an iterable job paused at a checkpoint: resumes first
-            return Settle(kind="q", old=outcome.raw, new=outcome.raw, dest=outcome.queue)
+            return Settle(kind="q", old=outcome.raw, new=outcome.raw, dest=outcome.queue,
+                          **workflow)
         if outcome.kind in ("cancelled", "expired"):
             return Settle(kind="x", old=outcome.raw, count=outcome.count, **ended)
         return Settle(kind="x", old=outcome.raw, **ended)  # done or discard

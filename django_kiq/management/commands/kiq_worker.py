@@ -1,8 +1,7 @@
 """``manage.py kiq_worker``: options -> settings -> ``Launcher.run()``.
 
 Around the run, and nothing more: it waits for Redis before building the launcher (or exits, with
-``--exit-on-redis-error``), and after the run hands the django.tasks results of tasks the stop
-cut off back to READY (``tasks.release_interrupted``).
+``--exit-on-redis-error``).
 """
 
 from __future__ import annotations
@@ -19,7 +18,8 @@ from django.core.checks import Tags
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
-from django_kiq import __version__, periodic, storage, tasks
+from django_kiq import __version__, periodic, storage
+from django_kiq import tasks  # noqa: F401 - registers the job every django.tasks task runs as
 from django_kiq.conf import KiqSettings, get_settings
 from django_kiq.observability import logformat
 from django_kiq.registry import QUEUE_NAME
@@ -105,8 +105,6 @@ class Command(BaseCommand):
         finally:
             if writer is not None:
                 writer.stop()  # every queued line written, the user's handlers back
-        # Tasks still running were cut off and pushed back: their results read READY again.
-        tasks.release_interrupted()
         sys.exit(reloader.RESTART if watcher and watcher.changed else code)
 
     def _until_redis(self, attempt: Callable[[], T], store: storage.Storage,

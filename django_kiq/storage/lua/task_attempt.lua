@@ -1,6 +1,6 @@
 -- task_attempt.lua: a worker starts an attempt of a django.tasks task; returns the record.
 --
--- KEYS[1]   the result hash (kiq:task:<id>)
+-- KEYS[1]   the result hash (kiq:result:<id>, the record every result-keeping job has)
 -- ARGV[1]   the worker id to append; ARGV[2] the start time (epoch seconds)
 -- ARGV[3]   TTL of the result hash, seconds
 -- ARGV[4..] field, value pairs to set (status, last_attempted_at, and the fields the job's

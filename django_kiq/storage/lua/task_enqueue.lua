@@ -1,6 +1,6 @@
 -- task_enqueue.lua: write a django.tasks result record and push its job, in one step.
 --
--- KEYS[1]   the result hash (kiq:task:<id>)
+-- KEYS[1]   the result hash (kiq:result:<id>, the record every result-keeping job has)
 -- KEYS[2]   the `queues` set
 -- KEYS[3]   the destination: the queue list (queue:<name>) for mode "q", the schedule set for "z"
 -- ARGV[1]   mode: "q" = place in the queue by priority, "z" = ZADD to the schedule set
