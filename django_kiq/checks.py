@@ -40,6 +40,7 @@ def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
     raw = raw_settings()
     errors += (_check_numbers(raw) + _check_shapes(raw) + _check_periodic(raw)
                + _check_sentinel(raw) + _check_observability(raw))
+    errors += _check_cluster(raw)
     return errors
 
 
@@ -126,6 +127,29 @@ def _check_sentinel(raw: dict) -> list:
     if not isinstance(raw["REDIS_SENTINEL_OPTIONS"], dict):
         errors.append(_error("KIQ['REDIS_SENTINEL_OPTIONS'] must be a dict of connection "
                              "arguments for the sentinels.", 16))
+    return errors
+
+
+def _check_cluster(raw: dict) -> list:
+    """Redis Cluster settings (docs/scaling.md "Redis Cluster")."""
+    url, nodes = raw["REDIS_CLUSTER_URL"], raw["REDIS_CLUSTER_NODES"]
+    errors = []
+    if url is not None and (not isinstance(url, str) or not url.startswith(("redis://",
+                                                                            "rediss://"))):
+        errors.append(_error(f"KIQ['REDIS_CLUSTER_URL'] must be None or the redis:// URL of a "
+                             f"cluster node, not {url!r}.", 40))
+    elif url and url.count("/") > 2 and url.rstrip("/").rpartition("/")[2] not in ("", "0"):
+        errors.append(_error("KIQ['REDIS_CLUSTER_URL'] names a database other than 0: Redis "
+                             "Cluster has only database 0.", 43))
+    if isinstance(nodes, (str, bytes)) or not isinstance(nodes, (list, tuple)) or not all(
+            isinstance(n, (list, tuple)) and len(n) == 2 and isinstance(n[0], str)
+            and isinstance(n[1], int) and not isinstance(n[1], bool) for n in nodes):
+        errors.append(_error(f"KIQ['REDIS_CLUSTER_NODES'] must be a list of (host, port) pairs, "
+                             f"not {nodes!r}.", 41, hint='e.g. [("10.0.0.1", 7000)]'))
+    elif (url or nodes) and (raw["REDIS_SENTINELS"] or raw["REDIS_CACHE_ALIAS"] is not None):
+        errors.append(_error("KIQ['REDIS_CLUSTER_URL'] / REDIS_CLUSTER_NODES exclude "
+                             "REDIS_SENTINELS and REDIS_CACHE_ALIAS.", 42,
+                             hint="Redis Cluster fails over by itself: no Sentinel is needed."))
     return errors
 
 

@@ -46,6 +46,10 @@ class KiqSettings:
     redis_sentinels: tuple = _setting([], as_tuple=True)
     redis_sentinel_master: str | None = _setting(None)
     redis_sentinel_options: dict = _setting({})
+    # Redis Cluster (docs/scaling.md "Redis Cluster"): a seed node's URL, or [(host, port), ...]
+    # seed nodes; either switches to the cluster key layout (storage/keys.py ClusterKeys).
+    redis_cluster_url: str | None = _setting(None)
+    redis_cluster_nodes: tuple = _setting([], as_tuple=True)
     namespace: str = _setting("")
     concurrency: int = _setting(5, minimum=1, number=int)
     # Async jobs at once on the worker's event loop (docs/jobs.md "Async"); 0: on the threads.

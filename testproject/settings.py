@@ -104,6 +104,8 @@ elif not KIQ["IMPORTS"]:
 if os.environ.get("KIQ_REDIS_SENTINELS"):  # JSON [[host, port], ...] (tests/test_sentinel.py)
     KIQ["REDIS_SENTINELS"] = [tuple(s) for s in json.loads(os.environ["KIQ_REDIS_SENTINELS"])]
     KIQ["REDIS_SENTINEL_MASTER"] = os.environ.get("KIQ_REDIS_SENTINEL_MASTER", "mymaster")
+if os.environ.get("KIQ_REDIS_CLUSTER_URL"):  # a seed node (tests/test_cluster.py)
+    KIQ["REDIS_CLUSTER_URL"] = os.environ["KIQ_REDIS_CLUSTER_URL"]
 
 # Django's own @task API runs on django-kiq workers too (docs/django-tasks.md).
 TASKS = {

@@ -31,12 +31,27 @@ _default: Storage | None = None
 def from_settings(settings: KiqSettings) -> Storage:
     from .connection import build_client
 
+    if settings.redis_cluster_url or settings.redis_cluster_nodes:
+        return _cluster_from_settings(settings)
     client = build_client(settings.redis_url, settings.redis_cache_alias, settings.redis_options,
                           sentinels=settings.redis_sentinels,
                           sentinel_master=settings.redis_sentinel_master,
                           sentinel_options=settings.redis_sentinel_options)
     return Storage(client, Keys(settings.namespace), dead_max_jobs=settings.dead_max_jobs,
                    dead_timeout=settings.dead_timeout)
+
+
+def _cluster_from_settings(settings: KiqSettings) -> Storage:
+    """Redis Cluster mode (storage/cluster.py): its own key layout and settle steps."""
+    from .cluster import ClusterStorage
+    from .connection import build_cluster_client
+    from .keys import ClusterKeys
+
+    client = build_cluster_client(settings.redis_cluster_url, settings.redis_cluster_nodes,
+                                  settings.redis_options)
+    return ClusterStorage(client, ClusterKeys(settings.namespace),
+                          dead_max_jobs=settings.dead_max_jobs,
+                          dead_timeout=settings.dead_timeout)
 
 
 def get_default() -> Storage:

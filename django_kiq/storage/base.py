@@ -26,6 +26,9 @@ ScriptArg = bytes | str | int | float
 class StorageBase:
     client: redis.Redis
     keys: Keys
+    #: Multi-queue reads (the dashboard's snapshot) in one MULTI; not on Redis Cluster, where
+    #: queues live on different nodes (storage/cluster.py).
+    atomic_snapshots: bool = True
 
     if TYPE_CHECKING:  # defined by Storage (store.py)
         def _script(self, name: str) -> Script: ...

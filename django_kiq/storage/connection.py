@@ -1,7 +1,8 @@
 """Building the redis-py client django-kiq talks through.
 
 Either our own client from ``KIQ["REDIS_URL"]``, a client of the master that Redis Sentinel
-names (``KIQ["REDIS_SENTINELS"]`` + ``KIQ["REDIS_SENTINEL_MASTER"]``), or the client of a
+names (``KIQ["REDIS_SENTINELS"]`` + ``KIQ["REDIS_SENTINEL_MASTER"]``), redis-py's cluster client
+(``KIQ["REDIS_CLUSTER_URL"]`` or ``KIQ["REDIS_CLUSTER_NODES"]``), or the client of a
 django-redis cache (``KIQ["REDIS_CACHE_ALIAS"]``) so a project keeps one connection pool. Our own
 clients never retry a command by themselves: a blind retry of a command that ran but whose reply
 was lost could move a job twice, so the callers that can retry safely do it themselves.
@@ -42,6 +43,32 @@ def build_client(url: str, cache_alias: str | None, options: dict | None = None,
         return _sentinel_master(url, kwargs, sentinels, sentinel_master or "",
                                 sentinel_options or {})
     return redis.Redis.from_url(url, **kwargs)
+
+
+def build_cluster_client(url: str | None, nodes: Sequence[Sequence] = (),
+                         options: dict | None = None) -> Any:
+    """redis-py's cluster client (``redis.cluster.RedisCluster``) from a seed node's URL or
+    (host, port) seed nodes.
+
+    Like our other clients it never retries a command by itself (``Retry(NoBackoff(), 0)``): a
+    connection error or CLUSTERDOWN reaches the caller, which backs off and tries again. Before
+    raising, the client reloads the slot map from a live node, so after a failover the next
+    command goes to the promoted replica. MOVED/ASK redirections (a slot that moved, not a lost
+    reply) are still followed inside the client.
+    """
+    from redis.cluster import ClusterNode, RedisCluster
+
+    kwargs = {
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "socket_keepalive": True,
+        "health_check_interval": 30,
+        "retry": Retry(NoBackoff(), 0),
+        **(options or {}),
+    }
+    if url:
+        return RedisCluster.from_url(url, **kwargs)
+    return RedisCluster(startup_nodes=[ClusterNode(str(h), int(p)) for h, p in nodes], **kwargs)
 
 
 def _sentinel_master(url: str, kwargs: dict, sentinels: Sequence[Sequence], master: str,

@@ -169,3 +169,61 @@ class Keys:
     def batches(self) -> str:
         """ZSET: bid scored by creation time (the admin's Batches tab)."""
         return self._k("kiq:batches")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterKeys(Keys):
+    """The Redis Cluster layout (``KIQ["REDIS_CLUSTER_URL"]``; storage/cluster.py).
+
+    Every key carries a hash tag. A queue's list, every process's in-progress lane for that
+    queue and its paused flag share the queue's tag, ``{kiq:q:<name>}``: fetching, acknowledging
+    and requeueing stay single-slot, and different queues hash to different slots (shards).
+    Everything else shares one tag, ``{kiq}`` (``{<namespace>}`` with a namespace), so the scripts
+    over job sets, locks, limits, batches and results stay single-slot as in one Redis.
+    Ruby Sidekiq does not know this layout: interop needs the single-Redis or Sentinel mode.
+    """
+
+    @property
+    def tag(self) -> str:
+        return self.namespace or "kiq"
+
+    def _k(self, name: str) -> str:
+        return f"{{{self.tag}}}{name}"
+
+    def _q(self, queue: str, name: str) -> str:
+        return f"{{{self.tag}:q:{queue}}}{name}"
+
+    def queue(self, name: str) -> str:
+        return self._q(name, f"queue:{name}")
+
+    def queue_of(self, key: str) -> str | None:
+        """The queue name if ``key`` is a queue list of this layout, else None."""
+        head = f"{{{self.tag}:q:"
+        if not key.startswith(head):
+            return None
+        name, _, rest = key[len(head):].partition("}")
+        return name if rest == f"queue:{name}" else None
+
+    def queue_wip(self, identity: str, queue: str) -> str:
+        """LIST: the jobs ``identity`` fetched from ``queue`` and has not finished with."""
+        return self._q(queue, f"kiq:wip:{identity}")
+
+    def queue_paused(self, queue: str) -> str:
+        """SET holding the queue's name while it is paused (mirrors ``paused_queues``)."""
+        return self._q(queue, "kiq:paused")
+
+    def queue_trash(self, queue: str, token: str) -> str:
+        """A cleared queue renamed aside (RENAME needs the queue's slot; see set_clear.lua)."""
+        return self._q(queue, f"kiq:trash:{token}")
+
+    def wip_queues(self, identity: str) -> str:
+        """SET: the queues ``identity`` has in-progress lanes in (recovery reads them)."""
+        return self._k(f"kiq:wip:{identity}:queues")
+
+    def outbox(self, queue: str) -> str:
+        """LIST: jobs a script over global keys pushed for ``queue``, relayed to it next."""
+        return self._k(f"kiq:outbox:{queue}")
+
+    def settling(self, identity: str) -> str:
+        """LIST, empty outside one MULTI: settle.lua's in-progress list for global effects."""
+        return self._k(f"kiq:settling:{identity}")

@@ -323,7 +323,7 @@ class SetOps(StorageBase):
                        processes: bool, days: Sequence[dt.date]) -> list:
         k = self.keys
         extra = [name for name in extra if name not in names]
-        pipe = self.client.pipeline(transaction=True)
+        pipe = self.client.pipeline(transaction=self.atomic_snapshots)
         pipe.smembers(k.queues)
         pipe.smembers(k.paused_queues)
         pipe.smembers(k.processes)

@@ -46,6 +46,11 @@ TRANSIENT_ERRORS = (
     # not done, and room may come back. Not transient, it killed the worker's fetcher thread
     # while the heartbeat kept the process (and its jobs in progress) looking alive.
     redis.exceptions.OutOfMemoryError,
+    # Redis Cluster (storage/cluster.py) during a failover: the slot's master is down and no
+    # replica took over yet, or a slot is migrating; the command did not run.
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
 )
 RedisError = redis.exceptions.RedisError
 
