@@ -39,7 +39,7 @@ def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
                              hint=f"Valid keys: {', '.join(sorted(DEFAULTS))}."))
     raw = raw_settings()
     errors += (_check_numbers(raw) + _check_shapes(raw) + _check_periodic(raw)
-               + _check_sentinel(raw) + _check_observability(raw))
+               + _check_sentinel(raw) + _check_observability(raw) + _check_processes(raw))
     errors += _check_cluster(raw)
     return errors
 
@@ -168,6 +168,23 @@ def _check_observability(raw: dict) -> list:
     if raw["LOG_FORMAT"] not in ("text", "json"):
         errors.append(_error(f"KIQ['LOG_FORMAT'] must be 'text' or 'json', not "
                              f"{raw['LOG_FORMAT']!r}.", 28))
+    return errors
+
+
+def _check_processes(raw: dict) -> list:
+    """``kiq_worker --processes`` and its recycling limits (docs/scaling.md)."""
+    errors = []
+    processes = raw["PROCESSES"]
+    if processes != "auto" and (type(processes) is not int or processes < 1):
+        errors.append(_error(f"KIQ['PROCESSES'] must be a whole number >= 1 or 'auto', not "
+                             f"{processes!r}.", 30))
+    rss, jobs = raw["MAX_RSS"], raw["MAX_JOBS"]
+    if rss is not None and (type(rss) is not int or rss < 1):
+        errors.append(_error(f"KIQ['MAX_RSS'] must be None or megabytes >= 1, not {rss!r}.", 31,
+                             hint="docs/scaling.md"))
+    if jobs is not None and (type(jobs) is not int or jobs < 1):
+        errors.append(_error(f"KIQ['MAX_JOBS'] must be None or a whole number >= 1, not "
+                             f"{jobs!r}.", 32, hint="docs/scaling.md"))
     return errors
 
 

@@ -73,6 +73,11 @@ class KiqSettings:
     poll_interval_max: float = _setting(0.5, minimum=0.01, number=_FLOAT)
     max_payload_bytes: int = _setting(1024 * 1024, minimum=1, number=int)
     tag: str = _setting("")
+    # kiq_worker --processes (docs/scaling.md): worker processes under one supervisor (1: none,
+    # "auto": one per usable core), and when it replaces one: resident MB, jobs done (None: never).
+    processes: int | str = _setting(1)
+    max_rss: int | None = _setting(None)
+    max_jobs: int | None = _setting(None)
     # Execution control (docs/execution.md).
     default_timeout: float | None = _setting(None)
     checkpoint_interval: float = _setting(5.0, minimum=0.01, number=_FLOAT)

@@ -479,6 +479,15 @@ class Storage(SetOps, PeriodicOps, ResultOps, ControlOps, BatchOps, LimitOps):
         namespace = f" namespace {self.keys.namespace!r}" if self.keys.namespace else ""
         return f"{where}/{kwargs.get('db', 0)}{namespace}"
 
+    def disconnect(self) -> None:
+        """Close every pooled connection (they reopen on the next command): the supervisor of
+        ``kiq_worker --processes`` calls it before forking, so no child inherits its sockets."""
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is not None:
+            pool.disconnect()
+        else:  # a cluster client: one pool per node, closed by close() (reopened on use)
+            self.client.close()
+
     def round_trip_us(self) -> int:
         start = time.perf_counter()
         self.client.ping()

@@ -230,6 +230,17 @@ def recover_orphans(store: Storage, *, poison_limit: int, now: float | None = No
     return moved
 
 
+def recover_process(store: Storage, identity: str, *, poison_limit: int,
+                    now: float | None = None) -> int:
+    """Recover one process's in-progress jobs now, as if its heartbeat had expired.
+
+    For a caller that knows the process is dead before its heartbeat expires: the supervisor of
+    ``kiq_worker --processes`` when ``waitpid`` reported its child's exit. The caller removes the
+    process hash first (``Storage.unregister``); while it exists, the guarded steps do nothing.
+    """
+    return _recover(store, identity, poison_limit=poison_limit, now=now)
+
+
 def _recover(store: Storage, identity: str, *, poison_limit: int, now: float | None) -> int:
     moved = 0
     now_ = time.time() if now is None else now

@@ -26,7 +26,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from .. import __version__, limits
 from ..conf import KiqSettings
@@ -68,14 +68,22 @@ class Component(Protocol):
 class Launcher:
     def __init__(self, *, settings: KiqSettings, store: Storage, queues: list[tuple[str, int]],
                  strict: bool, concurrency: int, timeout: float, tag: str = "",
-                 extra_threads: list[Callable[["Launcher"], Component]] | None = None):
+                 extra_threads: list[Callable[["Launcher"], Component]] | None = None,
+                 identity: str | None = None, supervisor: dict[str, Any] | None = None,
+                 report: Callable[[dict[str, Any]], None] | None = None):
+        # A child of ``kiq_worker --processes N`` (worker/supervisor.py) gets its identity from
+        # the parent, shows the parent in its process hash (``supervisor``: the Busy page groups
+        # by it) and reports its state to the parent at each beat (``report``).
         self.settings = settings
         self.store = store
         self.queues = queues
         self.concurrency = concurrency
         self.timeout = timeout
         self.tag = tag
-        self.identity = make_identity()
+        self.identity = identity or make_identity()
+        self.supervisor = supervisor
+        self.report = report
+        self.jobs_done = 0  # jobs finished since the start (the supervisor's --max-jobs)
         limits.bind_process(self.identity)  # limiter leases name it, for orphan recovery
         self.started_at = time.time()
         self.counters = Counters()
@@ -107,6 +115,7 @@ class Launcher:
             "queues": [name for name, _ in self.queues],
             "weights": [{name: weight for name, weight in self.queues}], "labels": [],
             "identity": self.identity, "version": __version__, "runtime": "django-kiq",
+            **({"supervisor": self.supervisor} if self.supervisor else {}),
         }
 
     def run(self) -> int:
@@ -248,7 +257,24 @@ class Launcher:
                 continue
             except Exception:  # noqa: BLE001 - the heartbeat thread must outlive any error
                 logger.exception("heartbeat failed; will try again")
+            self._report()
             self._recover_orphans()
+
+    def _report(self) -> None:
+        """Tell the supervisor, if any, what its recycling rules need: jobs finished since the
+        start, resident memory, and how many running jobs are stuck past their time limit."""
+        if self.report is None:
+            return
+        try:
+            self.report({"jobs": self.jobs_done, "rss_kb": rss_kb(),
+                         "stuck": len(self.control.stuck())})
+        except Exception:  # noqa: BLE001 - a gone parent: the child notices it on its own
+            logger.debug("could not report to the supervisor", exc_info=True)
+
+    def beat_now(self) -> None:
+        """Write the heartbeat and flush the counters now (a child leaving without the
+        shutdown: worker/supervisor.py)."""
+        self._beat()
 
     def _refresh_work(self) -> None:
         """Rewrite the work hash if the running jobs changed since it was last written."""
@@ -282,6 +308,7 @@ class Launcher:
         except Exception:
             self.counters.restore(processed, failed, timings, failures)
             raise
+        self.jobs_done += processed
         self._work_written = changes
         return signals
 

@@ -290,6 +290,25 @@ class Processor:
         except Exception:  # noqa: BLE001 - a job hash the bookkeeping cannot read: dead alone
             return Outcome(kind="dead", raw=raw, new=new, at=now)
 
+    def fail(self, queue: str, raw: bytes, exc: BaseException) -> Outcome:
+        """The outcome of a job that failed outside a run here: a job stuck past its time limit
+        in a process the supervisor replaced (worker/supervisor.py) fails with ``JobTimeout``
+        through the same retry decision, handlers and workflow records as a run would."""
+        try:
+            job = payload.decode(raw)
+        except MalformedPayload as error:
+            return self._malformed(queue, raw, str(error))
+        try:
+            ctx = JobContext(raw=raw, queue=queue, job=job, thread="supervisor",
+                             definition=registry.get(job["class"]))
+            ctx.decision = self._decide(ctx, exc)
+            outcome = self._outcome(ctx)
+            if "bid" in job or "kiq_result_ttl" in job or self.settings.result_ttl:
+                outcome = workflows.on_outcome(outcome, job, None, self.settings)
+            return outcome
+        except BaseException as error:  # noqa: BLE001 - as process(): dead with the reason
+            return self.last_resort(queue, raw, error)
+
     def idle(self) -> None:
         """Called by an idle processor thread about once a second: close this thread's
         database connections that are past ``CONN_MAX_AGE`` or unusable, as a job's end does."""

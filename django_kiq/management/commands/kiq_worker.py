@@ -27,6 +27,7 @@ from django_kiq.worker.fetcher import parse_queue_args
 from django_kiq.worker import reloader
 from django_kiq.worker import logsetup
 from django_kiq.worker.launcher import Launcher
+from django_kiq.worker.supervisor import ChildSide, Recycle, Supervisor, parse_processes
 from django_kiq.worker.loop import MAX_BACKOFF
 from django_kiq.worker.cron_ticker import CronTicker
 
@@ -59,6 +60,15 @@ class Command(BaseCommand):
         parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                             help="serve Prometheus metrics on this port (default "
                                  "KIQ['METRICS_PORT']; needs django-kiq[prometheus])")
+        parser.add_argument("--processes", default=None, metavar="N",
+                            help="worker processes forked by one supervisor, or 'auto' (one "
+                                 "per usable core); default KIQ['PROCESSES'] = 1: no supervisor")
+        parser.add_argument("--max-rss", type=int, default=None, metavar="MB",
+                            help="replace a worker process whose resident memory reaches MB "
+                                 "(default KIQ['MAX_RSS']; runs a supervisor)")
+        parser.add_argument("--max-jobs", type=int, default=None, metavar="N",
+                            help="replace a worker process after N jobs (default "
+                                 "KIQ['MAX_JOBS']; runs a supervisor)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["reload"] and not reloader.is_child():
@@ -87,14 +97,27 @@ class Command(BaseCommand):
         self._until_redis(store.round_trip_us, store, exit_on_error)
         # After the wait: the Redis checks (eviction policy) then see the server.
         self.check(tags=[Tags.database], fail_level=40)  # warnings are printed, not fatal
-        launcher = self._until_redis(lambda: Launcher(
-            settings=settings, store=store, queues=queues, strict=strict,
-            concurrency=concurrency,
-            timeout=settings.timeout if options["timeout"] is None else options["timeout"],
-            tag=options["tag"] if options["tag"] is not None else settings.tag,
-            extra_threads=[lambda launcher: CronTicker(
-                store=launcher.store, identity=launcher.identity, settings=settings,
-                entries=entries)] if entries else []), store, exit_on_error)
+        timeout = settings.timeout if options["timeout"] is None else options["timeout"]
+
+        def build(**child: Any) -> Launcher:  # child: a supervised process's identity etc.
+            return Launcher(
+                settings=settings, store=storage.get_default(), queues=queues, strict=strict,
+                concurrency=concurrency, timeout=timeout,
+                tag=options["tag"] if options["tag"] is not None else settings.tag,
+                extra_threads=[lambda launcher: CronTicker(
+                    store=launcher.store, identity=launcher.identity, settings=settings,
+                    entries=entries)] if entries else [], **child)
+
+        processes, recycle = self._scale(options, settings)
+        if processes > 1 or recycle:
+            supervisor = Supervisor(
+                processes=processes, store=store, settings=settings, timeout=timeout,
+                recycle=recycle, run_child=lambda side: self._run_child(
+                    side, build, settings, exit_on_error))
+            self.stdout.write(self._supervisor_banner(supervisor, store, queues, strict,
+                                                      concurrency, timeout))
+            sys.exit(supervisor.run())
+        launcher = self._until_redis(build, store, exit_on_error)
         self.stdout.write(self._banner(launcher))
         if settings.metrics_port is not None:
             self._serve_metrics(launcher, settings.metrics_port)
@@ -106,6 +129,44 @@ class Command(BaseCommand):
             if writer is not None:
                 writer.stop()  # every queued line written, the user's handlers back
         sys.exit(reloader.RESTART if watcher and watcher.changed else code)
+
+    def _run_child(self, side: ChildSide, build: Callable[..., Launcher], settings: KiqSettings,
+                   exit_on_error: bool) -> int:
+        """One process of ``--processes N``, in the forked child (worker/supervisor.py)."""
+        launcher = self._until_redis(lambda: build(
+            identity=side.identity, supervisor=side.supervisor, report=side.report),
+            storage.get_default(), exit_on_error)
+        side.attach(launcher)
+        if settings.metrics_port is not None:  # one port per process: PORT + its index
+            self._serve_metrics(launcher, settings.metrics_port + side.index)
+        writer = logsetup.install()
+        if writer is not None:
+            side.before_exit.append(writer.stop)
+        try:
+            return launcher.run()
+        finally:
+            if writer is not None:
+                writer.stop()
+
+    @staticmethod
+    def _scale(options: dict[str, Any], settings: KiqSettings) -> tuple[int, Recycle]:
+        """``--processes`` and the recycling limits over their settings."""
+        try:
+            processes = parse_processes(settings.processes if options["processes"] is None
+                                        else options["processes"])
+        except ValueError as exc:
+            raise CommandError(f"--processes: {exc}") from None
+        limits: dict[str, int | None] = {}
+        for name, option, value in (("max_rss_mb", "--max-rss", settings.max_rss),
+                                    ("max_jobs", "--max-jobs", settings.max_jobs)):
+            given = options[option[2:].replace("-", "_")]
+            limit = limits[name] = value if given is None else given
+            if limit is not None and limit < 1:
+                raise CommandError(f"{option} must be at least 1")
+        if (processes > 1 or any(v is not None for v in limits.values())) and options["reload"]:
+            raise CommandError("--reload runs one worker process: it does not combine with "
+                               "--processes, --max-rss or --max-jobs")
+        return processes, Recycle(**limits)
 
     def _until_redis(self, attempt: Callable[[], T], store: storage.Storage,
                      exit_on_error: bool) -> T:
@@ -186,6 +247,22 @@ class Command(BaseCommand):
                 f"  concurrency: {launcher.concurrency}"
                 + (f" threads + {runner.concurrency} async\n" if runner else "\n") +
                 f"  timeout:     {launcher.timeout}s")
+
+    @staticmethod
+    def _supervisor_banner(supervisor: Supervisor, store: storage.Storage,
+                           queues: list[tuple[str, int]], strict: bool, concurrency: int,
+                           timeout: float) -> str:
+        recycle = supervisor.recycle
+        limits = ", ".join(([f"max-rss {recycle.max_rss_mb} MB"] if recycle.max_rss_mb else [])
+                           + ([f"max-jobs {recycle.max_jobs}"] if recycle.max_jobs else []))
+        names = ", ".join(f"{n} (weight {w})" for n, w in queues)
+        return (f"django-kiq {__version__} supervisor {supervisor.identity}\n"
+                f"  processes:   {supervisor.processes} processes, forked after loading\n"
+                f"  redis:       {store.describe()}\n"
+                f"  queues:      {names} ({'strict' if strict or len(queues) == 1 else 'weighted'})\n"
+                f"  concurrency: {concurrency} threads per process\n"
+                f"  timeout:     {timeout}s\n"
+                f"  recycle:     {limits or 'stuck jobs only'}")
 
     @staticmethod
     def _configure_logging(verbosity: int) -> None:
