@@ -1,6 +1,7 @@
 """Batch overhead per job: enqueue and drain, batch against plain (docs/workflows.md).
 
     .venv/bin/python -m bench.workflows_bench [--enqueue 100000] [--drain 20000] [-c 10]
+                                              [--reps 5]
 
 Claims an empty Redis DB the way the test suite does (KIQ_REDIS_URL's server), and measures:
 1. enqueue: ``noop.enqueue_many`` of N jobs in chunks of 10,000, plain, then inside
@@ -8,12 +9,16 @@ Claims an empty Redis DB the way the test suite does (KIQ_REDIS_URL's server), a
 2. drain: one ``kiq_worker`` subprocess drains N pre-filled no-op jobs, plain, then a batch of
    N (each job's settle counts it in the batch; the plain ones are acknowledged in bulk).
 Rates are jobs per second; the ratio is batch / plain (goals: enqueue >= 50%, drain >= 80%).
+With ``--reps N`` each test runs N times, plain and batch alternating so a busy neighbour slows
+both alike; the output gives each repetition's ratio, then the median ratio with the lowest and
+highest, and the 1-minute load average before and after.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -30,6 +35,7 @@ def main() -> None:
     parser.add_argument("--enqueue", type=int, default=100_000)
     parser.add_argument("--drain", type=int, default=20_000)
     parser.add_argument("-c", "--concurrency", type=int, default=10)
+    parser.add_argument("--reps", type=int, default=1)
     opts = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from tests.conftest import CLAIM_KEY, RESET, _claim_db
@@ -42,17 +48,29 @@ def main() -> None:
     from bench import kiq_bench_jobs as jobs
 
     client = storage.get_default().client
+    load_before = os.getloadavg()[0]
     try:
-        plain = _enqueue(jobs.noop, opts.enqueue, None, client, token, CLAIM_KEY)
-        batched = _enqueue(jobs.noop, opts.enqueue, batch, client, token, CLAIM_KEY)
-        print(f"enqueue {opts.enqueue:,}: plain {plain:,.0f}/s, batch {batched:,.0f}/s "
-              f"({100 * batched / plain:.0f}%)")
-        dplain = _drain(jobs.noop, opts.drain, None, client, url, opts.concurrency, token,
-                        CLAIM_KEY)
-        dbatch = _drain(jobs.noop, opts.drain, batch, client, url, opts.concurrency, token,
-                        CLAIM_KEY)
-        print(f"drain {opts.drain:,} (-c {opts.concurrency}): plain {dplain:,.0f}/s, "
-              f"batch {dbatch:,.0f}/s ({100 * dbatch / dplain:.0f}%)")
+        ratios: dict[str, list[float]] = {"enqueue": [], "drain": []}
+        for rep in range(opts.reps):
+            plain = _enqueue(jobs.noop, opts.enqueue, None, client, token, CLAIM_KEY)
+            batched = _enqueue(jobs.noop, opts.enqueue, batch, client, token, CLAIM_KEY)
+            ratios["enqueue"].append(batched / plain)
+            print(f"[{rep + 1}] enqueue {opts.enqueue:,}: plain {plain:,.0f}/s, "
+                  f"batch {batched:,.0f}/s ({100 * batched / plain:.0f}%)", flush=True)
+            dplain = _drain(jobs.noop, opts.drain, None, client, url, opts.concurrency, token,
+                            CLAIM_KEY)
+            dbatch = _drain(jobs.noop, opts.drain, batch, client, url, opts.concurrency, token,
+                            CLAIM_KEY)
+            ratios["drain"].append(dbatch / dplain)
+            print(f"[{rep + 1}] drain {opts.drain:,} (-c {opts.concurrency}): plain "
+                  f"{dplain:,.0f}/s, batch {dbatch:,.0f}/s ({100 * dbatch / dplain:.0f}%)",
+                  flush=True)
+        for name, values in ratios.items():
+            print(f"{name}: batch/plain median {100 * statistics.median(values):.0f}% "
+                  f"(lowest {100 * min(values):.0f}%, highest {100 * max(values):.0f}%, "
+                  f"{len(values)} runs)")
+        print(f"load average (1 min): {load_before:.2f} before, {os.getloadavg()[0]:.2f} after, "
+              f"{os.cpu_count()} cores")
     finally:
         client.eval(RESET, 1, CLAIM_KEY, token, 1)
         client.delete(CLAIM_KEY)

@@ -66,14 +66,16 @@ def record_enqueued(store: storage.Storage, jobs: list[dict[str, Any]], settings
 
 
 def on_start(current: Any, job: dict[str, Any], settings: KiqSettings,
-             store: storage.Storage | None, touch: Callable[[], None] | None = None) -> None:
-    if current is not None and "bid" in job:
-        lineage = batches.lineage_of(job)
-        if lineage:
-            current.extras["batch"] = lineage  # CurrentJob.batch makes it a handle if asked
+             store: storage.Storage | None,
+             touch: Callable[[], None] | None = None) -> tuple[str, ...]:
+    """Record the start of a job keeping its result, wire ``current_job().progress()`` and
+    ``.batch``; returns the job's batch lineage (for :func:`on_outcome`: read once per job)."""
+    lineage = batches.lineage_of(job) if "bid" in job else ()
+    if lineage and current is not None:
+        current.extras["batch"] = lineage  # CurrentJob.batch makes it a handle if asked
     ttl = result_ttl(job, settings)
     if ttl is None or store is None:
-        return
+        return lineage
     jid = str(job.get("jid"))
     store.start_job_result(jid, {"status": "running", "last_attempted_at": repr(time.time()),
                                  "attempt": str(attempt_of(job)),
@@ -87,18 +89,29 @@ def on_start(current: Any, job: dict[str, Any], settings: KiqSettings,
 
     if current is not None:
         current.extras["report_progress"] = report
+    return lineage
 
 
-def on_outcome(outcome: Any, job: dict[str, Any], value: Any, settings: KiqSettings) -> Any:
-    """``outcome`` with its result record and batch count added (unchanged if neither)."""
-    status, finished, count = status_of(outcome.kind)
-    lineage = batches.lineage_of(job) if "bid" in job else ()
+def on_outcome(outcome: Any, job: dict[str, Any], value: Any, settings: KiqSettings,
+               lineage: tuple[str, ...] | None = None) -> Any:
+    """``outcome`` with its result record and batch count added (unchanged if neither).
+    ``lineage``: what :func:`on_start` returned, if it ran."""
+    if lineage is None:
+        lineage = batches.lineage_of(job) if "bid" in job else ()
+    ttl = result_ttl(job, settings)
+    kind = outcome.kind
+    if ttl is None and kind == "done" and hasattr(outcome, "_replace"):
+        # Most of a batch's drain: a success to count, nothing else (µs per job, so direct).
+        if not lineage:
+            return outcome
+        return outcome._replace(batch=storage.BatchMark(lineage, str(job.get("jid")), "s",
+                                                        settings.batch_ttl))
+    status, finished, count = status_of(kind)
     mark = None
     if lineage and count is not None:
         mark = storage.BatchMark(bids=lineage, member=str(job.get("jid")), outcome=count,
                                  ttl=settings.batch_ttl)
-    ttl = result_ttl(job, settings)
-    if ttl is None:  # the common case of a batch's drain: one field to add, fast (µs per job)
+    if ttl is None:
         if mark is None:
             return outcome
         if hasattr(outcome, "_replace"):
