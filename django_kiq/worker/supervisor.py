@@ -24,7 +24,8 @@ dump. It sends no Redis command while all is well.
   is gone, so the stuck code cannot run on, the parent fails each as ``JobTimeout`` through its
   retry policy (``Processor.fail``). So a stuck job is neither lost nor run twice at once.
 - **The parent dies** (even SIGKILL): each child gets TERM from the kernel (``PR_SET_PDEATHSIG``
-  on Linux) and, everywhere, sees its parent pid change within a second: a graceful stop.
+  on Linux) and, everywhere, sees its parent pid change within a second: a graceful stop
+  (worker/child.py, the child's side: its report pipe, the parent watch, the stuck-job exit).
 
 Children run in a process group of their own, so a terminal's Ctrl-C reaches them once, through
 the parent, and a second Ctrl-C still stops them at once.
@@ -33,7 +34,6 @@ the parent, and a second Ctrl-C still stops them at once.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import json
 import logging
@@ -43,23 +43,19 @@ import select
 import signal
 import socket
 import sys
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 from ..conf import KiqSettings
 from ..exceptions import JobTimeout
 from ..stats import Counters
 from ..storage import Storage
+from .child import EXIT_LEFT_STUCK, ChildSide, jid_of
 from .fetcher import recover_process
 from .manager import Manager
 from .processor import Processor
-
-if TYPE_CHECKING:
-    from .launcher import Launcher
 
 logger = logging.getLogger("django_kiq.worker")
 TICK = 0.1
@@ -67,8 +63,6 @@ MIN_UPTIME = 10.0  # a child that dies sooner counts as dying at start (restart_
 MAX_RESTART_DELAY = 30.0
 KILL_GRACE = 15.0  # seconds past --timeout before a child that does not stop gets SIGKILL
 SWEEP_AFTER = 2.0  # a second recovery pass for a dead child's last in-flight command
-EXIT_LEFT_STUCK = 70  # a child's status after it left its stuck jobs to the parent
-PR_SET_PDEATHSIG = 1
 
 
 def usable_cores() -> int:
@@ -136,7 +130,7 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, *, processes: int, run_child: Callable[["ChildSide"], int],
+    def __init__(self, *, processes: int, run_child: Callable[[ChildSide], int],
                  store: Storage, settings: KiqSettings, timeout: float,
                  recycle: Recycle = Recycle()):
         self.processes = processes
@@ -307,7 +301,7 @@ class Supervisor:
                    f"worker process {child.identity} was replaced")
         entries = []
         for raw in self.store.wip_items(child.identity):
-            queue = child.left_stuck.get(_jid_of(raw))
+            queue = child.left_stuck.get(jid_of(raw))
             if queue is not None:
                 outcome = self._processor.fail(queue, raw, JobTimeout(message))
                 entries.append(Manager._settle_entry(outcome))  # as the manager settles it
@@ -382,94 +376,3 @@ class Supervisor:
                 with contextlib.suppress(Exception):
                     stream.flush()
             os._exit(code)
-
-
-class ChildSide:
-    """What a child gets from the supervisor: its identity and parent (for its Launcher), a
-    report channel, and :meth:`attach`, which makes the launcher mind its parent."""
-
-    def __init__(self, *, index: int, parent_pid: int, writer: int, identity: str,
-                 supervisor: dict[str, Any]):
-        self.index = index
-        self.parent_pid = parent_pid
-        self.identity = identity
-        self.supervisor = supervisor
-        self.before_exit: list[Callable[[], object]] = []  # run before leaving stuck jobs
-        self._writer = writer
-        self._lock = threading.Lock()
-
-    def report(self, message: dict[str, Any]) -> None:
-        """One JSON line to the parent (a Launcher's ``report`` hook)."""
-        data = json.dumps(message).encode() + b"\n"
-        with self._lock:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._writer, view):]
-
-    def attach(self, launcher: Launcher) -> None:
-        """Stop gracefully when the parent dies; leave stuck jobs to the parent on USR1."""
-        _die_with_parent()
-        threading.Thread(target=self._watch_parent, args=(launcher,), name="kiq-parent-watch",
-                         daemon=True).start()
-        signal.signal(signal.SIGUSR1, lambda *_: threading.Thread(
-            target=self._leave_stuck, args=(launcher,), name="kiq-recycle",
-            daemon=True).start())
-
-    def _watch_parent(self, launcher: Launcher) -> None:
-        while os.getppid() == self.parent_pid:
-            time.sleep(0.5)
-        logger.warning("the supervisor (pid %d) is gone: stopping gracefully", self.parent_pid)
-        launcher.request_stop()
-
-    def _leave_stuck(self, launcher: Launcher) -> NoReturn:
-        """Let the other jobs finish (up to the timeout), then exit leaving the stuck jobs in
-        the in-progress list, for the parent to fail once this process is gone."""
-        logger.warning("recycling: a job is stuck past its time limit; finishing the other "
-                       "jobs (up to %.1fs), then leaving the stuck one(s) to the supervisor",
-                       launcher.timeout)
-        manager = launcher.manager
-        manager.quiet()
-        deadline = time.monotonic() + launcher.timeout
-        while time.monotonic() < deadline and not set(manager.running()) <= (
-                launcher.control.stuck()):
-            time.sleep(0.05)
-        # Finished jobs are acknowledged by the fetcher's next pass: wait until the list holds
-        # only what still runs, or a finished job would be recovered and run again.
-        until = time.monotonic() + 5
-        while time.monotonic() < until:
-            held = Counter(raw for _, raw, _, _ in manager.running().values())
-            with contextlib.suppress(Exception):
-                if not Counter(launcher.store.wip_items(launcher.identity)) - held:
-                    break
-            time.sleep(0.05)
-        stuck = launcher.control.stuck()
-        left = {_jid_of(raw): queue for thread, (queue, raw, _, _) in manager.running().items()
-                if thread in stuck}
-        with contextlib.suppress(Exception):
-            launcher.beat_now()  # the last counters
-        with contextlib.suppress(Exception):
-            self.report({"left_stuck": left})
-        logger.warning("leaving %d stuck job(s) to the supervisor: %s", len(left),
-                       ", ".join(left))
-        for cleanup in self.before_exit:
-            with contextlib.suppress(Exception):
-                cleanup()
-        logging.shutdown()
-        os._exit(EXIT_LEFT_STUCK)
-
-
-def _die_with_parent() -> None:
-    """Linux: the kernel sends this process TERM when its parent dies."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
-def _jid_of(raw: bytes) -> str:
-    try:
-        value = json.loads(raw).get("jid")
-    except (ValueError, AttributeError, RecursionError):
-        return ""
-    return value if isinstance(value, str) else ""
-

@@ -27,7 +27,8 @@ from django_kiq.worker.fetcher import parse_queue_args
 from django_kiq.worker import reloader
 from django_kiq.worker import logsetup
 from django_kiq.worker.launcher import Launcher
-from django_kiq.worker.supervisor import ChildSide, Recycle, Supervisor, parse_processes
+from django_kiq.worker.child import ChildSide
+from django_kiq.worker.supervisor import Recycle, Supervisor, parse_processes
 from django_kiq.worker.loop import MAX_BACKOFF
 from django_kiq.worker.cron_ticker import CronTicker
 
