@@ -355,8 +355,12 @@ class Supervisor:
         try:
             for child in self.children.values():
                 os.close(child.reader)
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGTSTP, signal.SIGTTIN):
+            # Until its launcher installs its own handlers: TERM/INT end it (nothing to give
+            # back yet); TSTP/TTIN, whose default would suspend it, are ignored.
+            for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
+            for sig in (signal.SIGTSTP, signal.SIGTTIN):
+                signal.signal(sig, signal.SIG_IGN)
             os.setpgid(0, 0)
             side = ChildSide(index=index, parent_pid=os.getppid(), writer=writer,
                              identity=f"{socket.gethostname()}:{os.getpid()}:{token}",
