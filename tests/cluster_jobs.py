@@ -42,7 +42,8 @@ def run_critical(token, sleep=0.0):
 
 
 @job(queue="low")
-def run_low(token, sleep=0.0):
+def run_low(token, sleep=0.0, batch_id=None):
+    """``batch_id``: given when it runs as a batch's callback."""
     time.sleep(sleep)
     _record(token)
 

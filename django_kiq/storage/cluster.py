@@ -30,6 +30,7 @@ Thread-safety as in Storage: the cluster client is thread-safe; the only state i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -44,6 +45,7 @@ from redis.typing import EncodableT, KeyT
 
 from .base import ScriptArg
 from .batches import Succeeded
+from .control import UniquePush, unique_holders, unique_push_call
 from .keys import ClusterKeys
 from .limits import LimitState, _decode_state, _int, _read_state
 from .sets import TRASH_TTL, UNIQUE_PAGE, NEEDLES, Leaving, LeavingOf
@@ -256,10 +258,17 @@ class ClusterStorage(Storage):
             for queue in stale:
                 self._registered[queue] = now
 
-    def push_unique(self, items: Sequence[Any]) -> list[str | None]:
-        held = super().push_unique(items)
-        self.relay([item.queue for item in items if item.queue])
-        return held
+    def push_unique(self, items: Sequence[UniquePush]) -> list[str | None]:
+        """One unique_push.lua call per job (ClusterPipeline cannot run scripts), each onto
+        its queue's outbox, then the outboxes relayed."""
+        replies = [self._unique_push(keys=keys, args=args, client=self.client)
+                   for keys, args in (unique_push_call(self.keys, item) for item in items)]
+        self.relay([item.queue for item in items if item.at is None])
+        return unique_holders(replies)
+
+    def release_unique(self, pairs: Sequence[tuple[str, str]]) -> None:
+        for digest, jid in pairs:
+            self._unlock(keys=[self.keys.unique(digest)], args=[jid])
 
     def pause_queue(self, name: str) -> None:
         super().pause_queue(name)
@@ -550,3 +559,26 @@ class ClusterStorage(Storage):
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+class ThreadedAsyncStorage:
+    """Async enqueueing (``aenqueue``) in cluster mode: the sync :class:`ClusterStorage`'s
+    verbs run on a thread of the loop's default executor (``asyncio.to_thread``), so a job
+    pushed from a coroutine takes exactly the steps of one pushed from sync code (outboxes,
+    per-slot pipelines) without a second, asyncio, implementation of them."""
+
+    def __init__(self, store: ClusterStorage):
+        self.store = store
+
+    async def push(self, items: Sequence[tuple[str, bytes]]) -> None:
+        await asyncio.to_thread(self.store.push, items)
+
+    async def schedule(self, items: Sequence[tuple[float, bytes]],
+                       set_name: str = "schedule") -> None:
+        await asyncio.to_thread(self.store.schedule, items, set_name)
+
+    async def push_unique(self, items: Sequence[UniquePush]) -> list[str | None]:
+        return await asyncio.to_thread(self.store.push_unique, items)
+
+    async def close(self) -> None:
+        """The sync client is shared with the rest of the process: nothing to close here."""

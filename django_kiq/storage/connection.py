@@ -56,7 +56,7 @@ def build_cluster_client(url: str | None, nodes: Sequence[Sequence] = (),
     command goes to the promoted replica. MOVED/ASK redirections (a slot that moved, not a lost
     reply) are still followed inside the client.
     """
-    from redis.cluster import ClusterNode, RedisCluster
+    from redis.cluster import ClusterNode
 
     kwargs = {
         "socket_timeout": SOCKET_TIMEOUT,
@@ -66,9 +66,40 @@ def build_cluster_client(url: str | None, nodes: Sequence[Sequence] = (),
         "retry": Retry(NoBackoff(), 0),
         **(options or {}),
     }
+    cls = _cluster_class()
     if url:
-        return RedisCluster.from_url(url, **kwargs)
-    return RedisCluster(startup_nodes=[ClusterNode(str(h), int(p)) for h, p in nodes], **kwargs)
+        return cls.from_url(url, **kwargs)
+    return cls(startup_nodes=[ClusterNode(str(h), int(p)) for h, p in nodes], **kwargs)
+
+
+_CLUSTER: Any = None
+
+
+def _cluster_class() -> Any:
+    """RedisCluster whose pipelines accept MGET (defined on first use).
+
+    redis-py's ClusterPipeline refuses ``mget()`` outright, even when every key is in one slot
+    (ours are: the dashboard reads the daily counters, all under the global tag). Sent as a
+    plain command it is routed by its keys like any other; keys of different slots still fail
+    (CROSSSLOT), which is what should happen.
+    """
+    global _CLUSTER
+    if _CLUSTER is None:
+        from redis.cluster import ClusterPipeline, RedisCluster
+
+        class KiqClusterPipeline(ClusterPipeline):
+            def mget(self, keys: Any, *args: Any) -> Any:
+                names = [keys, *args] if isinstance(keys, (str, bytes)) else [*keys, *args]
+                return self.execute_command("MGET", *names)
+
+        class KiqCluster(RedisCluster):
+            def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+                pipe = super().pipeline(transaction, shard_hint)
+                pipe.__class__ = KiqClusterPipeline
+                return pipe
+
+        _CLUSTER = KiqCluster
+    return _CLUSTER
 
 
 def _sentinel_master(url: str, kwargs: dict, sentinels: Sequence[Sequence], master: str,
