@@ -147,6 +147,19 @@ def test_a_killed_child_is_replaced_and_its_job_recovered_at_once(worker_factory
     assert worker.wait(timeout=20) == 0, worker.output()
 
 
+def test_a_child_stopped_from_the_busy_page_is_replaced(worker_factory, redis_client):
+    from django_kiq import api
+
+    worker = start(worker_factory, "2", "-c", "1")
+    first = wait_children(redis_client, worker, 2)
+    stopped = sorted(first)[0]
+    api.ProcessSet().stop(stopped)  # what the Busy page's Stop button sends
+    wait_children(redis_client, worker, 2, exclude=[stopped])
+    assert worker.proc.poll() is None and "exit status 0" in worker.output()
+    worker.send(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 0, worker.output()
+
+
 def test_sigkill_of_the_parent_stops_the_children_gracefully(worker_factory, redis_client):
     worker = start(worker_factory, "2", "-c", "1")
     pids = [info["pid"] for info in wait_children(redis_client, worker, 2).values()]
@@ -182,15 +195,28 @@ def test_max_jobs_recycles_one_child_at_a_time(worker_factory, redis_client):
                  message=worker.output())
     ran_in = {int(p) for p in redis_client.hvals("test:pids")}
     assert len(ran_in) >= 3, worker.output()  # replacements ran jobs too
-    # One at a time: each recycling waits for the previous replacement to start.
-    events = [line for line in worker.output().splitlines()
+    assert_one_at_a_time(worker.output())
+    worker.send(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 0, worker.output()
+
+
+def test_max_rss_recycles_one_child_at_a_time(worker_factory, redis_client):
+    worker = start(worker_factory, "2", "-c", "1", "--max-rss", "1")  # every worker is over
+    wait_for(lambda: worker.output().count("MB resident (--max-rss 1)") >= 3, timeout=20,
+             message=worker.output())
+    assert_one_at_a_time(worker.output())
+    worker.send(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 0, worker.output()
+
+
+def assert_one_at_a_time(output: str) -> None:
+    """Each recycling waits until the previous one's replacement started: never two at once."""
+    events = [line for line in output.splitlines()
               if "recycling worker" in line or "started: pid" in line]
     retiring = 0
     for line in events[2:]:  # after the first two starts
         retiring += 1 if "recycling worker" in line else -1
         assert retiring in (0, 1), events
-    worker.send(signal.SIGTERM)
-    assert worker.wait(timeout=20) == 0, worker.output()
 
 
 def test_a_stuck_child_is_replaced_and_its_job_fails_with_job_timeout(worker_factory,
@@ -213,5 +239,28 @@ def test_a_stuck_child_is_replaced_and_its_job_fails_with_job_timeout(worker_fac
     killed = [i for i, info in found.items() if info["pid"] == pid]
     wait_children(redis_client, worker, 2, exclude=killed)
     assert "recycling worker" in worker.output() and "stuck" in worker.output()
+    worker.send(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 0, worker.output()
+
+
+def test_a_child_dying_at_start_is_restarted_with_backoff(worker_factory, redis_client):
+    # Worker 0 serves metrics on PORT + 0, which the test holds: it dies at every start.
+    import socket
+
+    from tests.conftest import free_port
+
+    holder = socket.socket()
+    holder.bind(("0.0.0.0", free_port()))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        worker = start(worker_factory, "2", "-c", "1", "--metrics-port", str(port))
+        wait_for(lambda: "died 3 times at start; next start in 1.0s" in worker.output(),
+                 timeout=20, message=worker.output())
+        assert worker.output().count("worker 0 cannot start") >= 3
+        wait_for(lambda: len(children(redis_client)) == 1, message=worker.output())  # worker 1
+    finally:
+        holder.close()
+    wait_children(redis_client, worker, 2)  # the port is free: worker 0 starts
     worker.send(signal.SIGTERM)
     assert worker.wait(timeout=20) == 0, worker.output()

@@ -148,7 +148,6 @@ class Supervisor:
         self._stopping = False
         self._quiet = False  # TSTP: no child is started or recycled any more
         self._clean = True
-        self._processor: Processor | None = None
 
     # -- the parent's loop ---------------------------------------------------------------------
 
@@ -177,16 +176,20 @@ class Supervisor:
                     "every worker stopped cleanly" if self._clean else "not cleanly")
         return 0 if self._clean else 1
 
-    def _start(self, index: int) -> None:
-        token = secrets.token_hex(6)
-        reader, writer = os.pipe()
-        self.store.disconnect()  # no child inherits a socket of ours
+    def _fork(self) -> int:
+        """``os.fork()``, the child inheriting no connection of ours and no buffered output."""
+        self.store.disconnect()
         from django.db import connections
 
         connections.close_all()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
-        pid = os.fork()
+        return os.fork()
+
+    def _start(self, index: int) -> None:
+        token = secrets.token_hex(6)
+        reader, writer = os.pipe()
+        pid = self._fork()
         if pid == 0:
             os.close(reader)
             self._child(index, token, writer)
@@ -256,7 +259,8 @@ class Supervisor:
     def _buried(self, child: Child, status: int) -> None:
         code = os.waitstatus_to_exitcode(status)
         how = f"exit status {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
-        expected = self._stopping or child.retiring or code == EXIT_LEFT_STUCK
+        # Exit 0 unasked: a Stop from the Busy page. The supervisor keeps N workers: replaced.
+        expected = self._stopping or child.retiring or code in (0, EXIT_LEFT_STUCK)
         if self._stopping and code != 0:
             self._clean = False
         (logger.info if expected else logger.error)(
@@ -295,19 +299,31 @@ class Supervisor:
         self._sweeps.append((time.monotonic() + SWEEP_AFTER, child.identity))
 
     def _fail_stuck(self, child: Child) -> None:
-        if self._processor is None:
-            self._processor = Processor(settings=self.settings, counters=Counters())
-        message = (f"the job was stuck past its time limit (blocked outside Python code); its "
-                   f"worker process {child.identity} was replaced")
-        entries = []
-        for raw in self.store.wip_items(child.identity):
-            queue = child.left_stuck.get(jid_of(raw))
-            if queue is not None:
-                outcome = self._processor.fail(queue, raw, JobTimeout(message))
-                entries.append(Manager._settle_entry(outcome))  # as the manager settles it
-        moved = self.store.settle(child.identity, entries) if entries else []
-        logger.warning("%d stuck job(s) of worker %d failed with JobTimeout (retry policy "
-                       "applies)", sum(moved or []), child.index)
+        """Fail the stuck jobs a child left, in a short-lived forked process: their error and
+        death handlers run there (an error tracker's SDK may start a thread), so the supervisor
+        stays single-threaded and safe to fork. What it could not settle in time is recovered
+        with the child's other jobs."""
+        pid = self._fork()
+        if pid == 0:
+            code = 1
+            try:
+                from .. import storage
+
+                storage.reset_default()
+                _settle_stuck(storage.get_default(), self.settings, child)
+                code = 0
+            except BaseException:  # noqa: BLE001 - the parent recovers them instead
+                logger.exception("could not fail the stuck jobs of %s", child.identity)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        deadline = time.monotonic() + KILL_GRACE
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return
+            time.sleep(0.02)
 
     def _sweep(self, now: float) -> None:
         """Recover a dead child's jobs again ``SWEEP_AFTER`` seconds later: a command it sent
@@ -380,3 +396,19 @@ class Supervisor:
                 with contextlib.suppress(Exception):
                     stream.flush()
             os._exit(code)
+
+
+def _settle_stuck(store: Storage, settings: KiqSettings, child: Child) -> None:
+    """Fail each job ``child`` left stuck with JobTimeout, as its run would have failed."""
+    processor = Processor(settings=settings, counters=Counters())
+    message = (f"the job was stuck past its time limit (blocked outside Python code); its "
+               f"worker process {child.identity} was replaced")
+    entries = []
+    for raw in store.wip_items(child.identity):
+        queue = child.left_stuck.get(jid_of(raw))
+        if queue is not None:
+            outcome = processor.fail(queue, raw, JobTimeout(message))
+            entries.append(Manager._settle_entry(outcome))  # as the manager settles it
+    moved = store.settle(child.identity, entries) if entries else []
+    logger.warning("%d stuck job(s) of worker %d failed with JobTimeout (its retry policy "
+                   "applies)", sum(moved or []), child.index)

@@ -139,7 +139,11 @@ class Command(BaseCommand):
             storage.get_default(), exit_on_error)
         side.attach(launcher)
         if settings.metrics_port is not None:  # one port per process: PORT + its index
-            self._serve_metrics(launcher, settings.metrics_port + side.index)
+            try:
+                self._serve_metrics(launcher, settings.metrics_port + side.index)
+            except CommandError as exc:  # one line: the supervisor restarts it, backing off
+                logger.error("worker %d cannot start: %s", side.index, exc)
+                return 1
         writer = logsetup.install()
         if writer is not None:
             side.before_exit.append(writer.stop)
