@@ -264,3 +264,13 @@ def test_a_child_dying_at_start_is_restarted_with_backoff(worker_factory, redis_
     wait_children(redis_client, worker, 2)  # the port is free: worker 0 starts
     worker.send(signal.SIGTERM)
     assert worker.wait(timeout=20) == 0, worker.output()
+
+
+def test_kiq_health_process_finds_the_workers_of_a_supervisor(store):
+    from django_kiq.cli import health
+
+    parent = {"identity": "box:100:ab", "pid": 100, "index": 0, "processes": 1}
+    beat(store, "box:101:c1", supervisor=parent)
+    assert health.check(store, max_age=30, identity="box:100:").healthy  # systemd's MainPID
+    assert health.check(store, max_age=30, identity="box:101:").healthy
+    assert not health.check(store, max_age=30, identity="box:102:").healthy

@@ -30,11 +30,11 @@ class Verdict:
 def judge(processes: Sequence[ProcessRecord], *, now: float, max_age: float,
           offsets: Mapping[str, float], identity: str | None = None,
           hostname: str | None = None) -> Verdict:
-    """Healthy if one of the processes meant (those whose identity starts with ``identity``,
-    else those on ``hostname``, else any) has a beat younger than ``max_age`` seconds at Redis
-    time ``now``."""
+    """Healthy if one of the processes meant (those whose identity, or whose supervisor's,
+    starts with ``identity``, else those on ``hostname``, else any) has a beat younger than
+    ``max_age`` seconds at Redis time ``now``."""
     if identity is not None:  # an identity, or a prefix of one such as "host:pid:"
-        meant = [p for p in processes if p.identity.startswith(identity)]
+        meant = [p for p in processes if _named(p, identity)]
         who = f"process {identity}"
     elif hostname is not None:
         meant = [p for p in processes if p.hostname == hostname]
@@ -54,6 +54,16 @@ def judge(processes: Sequence[ProcessRecord], *, now: float, max_age: float,
     last = f"last beat {duration(age)} ago" if age != float("inf") else "no readable beat"
     return Verdict(healthy=False, reason=f"stale heartbeat from {who}: {ident} {last} "
                                          f"(limit {duration(max_age)})")
+
+
+def _named(p: ProcessRecord, prefix: str) -> bool:
+    """Whether ``p``'s identity, or that of the ``kiq_worker --processes`` supervisor that
+    forked it (in its info, read from Redis: checked), starts with ``prefix``."""
+    if p.identity.startswith(prefix):
+        return True
+    parent = p.info.get("supervisor")
+    identity = parent.get("identity") if isinstance(parent, dict) else None
+    return isinstance(identity, str) and identity.startswith(prefix)
 
 
 def _age(p: ProcessRecord, now: float, offsets: Mapping[str, float]) -> float:
