@@ -91,6 +91,12 @@ class LocalCluster:
                     return int(master[1])
         raise LookupError(key)
 
+    def slots_of(self, port: int) -> list[tuple[int, int]]:
+        """The slot ranges the master on ``port`` serves."""
+        with self.node(self.alive()[0]) as client:
+            return [(int(start), int(end)) for start, end, master, *_ in
+                    client.execute_command("CLUSTER", "SLOTS") if int(master[1]) == port]
+
     def kill(self, port: int) -> None:
         proc = self.procs[port]
         proc.send_signal(signal.SIGKILL)
