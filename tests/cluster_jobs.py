@@ -81,3 +81,20 @@ def capped(token, seconds=0.1):
     finally:
         r.decr("capped:running")
     _record(token)
+
+
+# No-op jobs, one per queue, for bench/cluster_spread.py (no ledger: the cluster's own
+# command counts are what it measures).
+@job
+def nothing(i=0):
+    pass
+
+
+@job(queue="critical")
+def nothing_critical(i=0):
+    pass
+
+
+@job(queue="low")
+def nothing_low(i=0):
+    pass

@@ -276,6 +276,16 @@ def test_async_enqueue_takes_the_same_cluster_steps(store):
     assert store.client.llen(store.keys.outbox("default")) == 0
 
 
+def test_commands_spread_over_the_three_masters(cluster, store):
+    """Jobs spread evenly over three queues on three masters: no master serves more than 45%
+    of the run's commands (bench/cluster_spread.py measures the same at scale)."""
+    from bench.cluster_spread import measure
+
+    result = measure(cluster, jobs=3000, workers=1, concurrency=5)
+    assert len(result["share"]) == 3
+    assert max(result["share"].values()) <= 0.45, result
+
+
 # -- failover under load ----------------------------------------------------------------------
 
 def _replicate(cluster, ports) -> None:
