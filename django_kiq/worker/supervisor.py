@@ -130,6 +130,11 @@ class Child:
 
 
 class Supervisor:
+    """The parent: ``run()`` starts ``processes`` children, each running ``run_child`` (which
+    builds and runs its Launcher), keeps them running until TERM/INT and returns the exit
+    status. Used only by ``kiq_worker`` when more than one process or a recycling limit is
+    asked for."""
+
     def __init__(self, *, processes: int, run_child: Callable[[ChildSide], int],
                  store: Storage, settings: KiqSettings, timeout: float,
                  recycle: Recycle = Recycle()):
@@ -220,7 +225,8 @@ class Supervisor:
                 left = message.pop("left_stuck", None)
                 if isinstance(left, dict):
                     child.left_stuck = {str(k): str(v) for k, v in left.items()}
-                child.report.update(message)
+                # Counts only: a value of another type never reaches the recycling rules.
+                child.report.update({k: v for k, v in message.items() if type(v) is int})
 
     def _obey_signals(self) -> None:
         while self._signals:
