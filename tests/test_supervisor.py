@@ -183,6 +183,23 @@ def test_tstp_quiets_and_ttin_dumps_every_child(worker_factory, redis_client):
     assert worker.wait(timeout=20) == 0, worker.output()
 
 
+def test_a_second_int_stops_the_workers_at_once(worker_factory, redis_client):
+    worker = start(worker_factory, "2", "-c", "1", "--timeout", "30")
+    wait_children(redis_client, worker, 2)
+    supervisor_jobs.hold.enqueue("long")
+    wait_for(lambda: redis_client.hget("test:pids", "long"), message=worker.output())
+    worker.send(signal.SIGINT)
+    wait_for(lambda: "stopping: waiting up to 30.0s for 1 running job(s)" in worker.output(),
+             message=worker.output())
+    started = time.monotonic()
+    worker.send(signal.SIGINT)  # the terminal's second Ctrl-C: no 30 s wait
+    assert worker.wait(timeout=15) == 0, worker.output()
+    assert time.monotonic() - started < 10
+    [raw] = redis_client.lrange("queue:default", 0, -1)  # pushed back, not lost
+    assert json.loads(raw)["args"] == ["long"]
+    assert redis_client.scard("processes") == 0
+
+
 def test_max_jobs_recycles_one_child_at_a_time(worker_factory, redis_client):
     worker = start(worker_factory, "2", "-c", "2", "--max-jobs", "10")
     wait_children(redis_client, worker, 2)
