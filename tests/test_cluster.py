@@ -385,3 +385,29 @@ def test_failover_of_a_master_under_load_loses_nothing(tmp_path, worker_factory,
     # Duplicates come only from jobs in flight on the killed master: fetched there, or
     # acknowledged there, in the moment before the kill that its replica had not received.
     assert sum(duplicates.values()) <= 30, duplicates
+
+
+def test_cancel_a_queued_job_and_a_django_task(store):
+    from django_kiq.cancellation import cancel
+    from tests import djtasks
+
+    jid = cluster_jobs.unique_run.delay("cancelled")
+    assert cancel(jid) == "queue"
+    assert store.queue_size("default") == 0
+    assert api.Stats().cancelled == 1
+    assert cluster_jobs.unique_run.delay("cancelled") is not None  # its lock went with it
+    result = djtasks.send_mail.enqueue("a@example.com")
+    assert store.queue_size("mail") == 1
+    assert store.client.llen(store.keys.outbox("mail")) == 0
+    assert result.id
+
+
+def test_a_supervised_worker_runs_on_a_cluster(store, start_worker, redis_client):
+    tokens = [f"p{i}" for i in range(60)]
+    cluster_jobs.run.enqueue_many([(t,) for t in tokens])
+    worker = start_worker("--processes", "2")
+    wait_for(lambda: all_ran(redis_client, tokens), timeout=30, message=worker.output())
+    worker.send(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0, worker.output()
+    output = worker.output()
+    assert "Traceback" not in output and "could not recover" not in output, output

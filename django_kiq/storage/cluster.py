@@ -119,6 +119,15 @@ class ClusterStorage(Storage):
         """The cluster client keeps its own connection pool per node: no dedicated copy."""
         return self
 
+    def disconnect(self) -> None:
+        """Close every node's pooled connections, keeping the client usable (they reopen on
+        the next command). ``RedisCluster.close()`` would drop the node objects themselves: the
+        supervisor of ``kiq_worker --processes`` calls this before forking and then goes on
+        using the client to recover a dead child's jobs at once."""
+        for node in self.cluster.get_nodes():
+            if node.redis_connection is not None:
+                node.redis_connection.connection_pool.disconnect()
+
     def describe(self) -> str:
         nodes = self.cluster.get_nodes()
         seed = nodes[0].name if nodes else "?"
