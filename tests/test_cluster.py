@@ -411,3 +411,17 @@ def test_a_supervised_worker_runs_on_a_cluster(store, start_worker, redis_client
     assert worker.wait(timeout=30) == 0, worker.output()
     output = worker.output()
     assert "Traceback" not in output and "could not recover" not in output, output
+
+
+def test_django_tasks_keep_their_priority_order(store):
+    from tests import djtasks
+
+    low = djtasks.record_order.using(priority=-5).enqueue("low")
+    high = djtasks.record_order.using(priority=5).enqueue("high")
+    plain = djtasks.record_order.enqueue("plain")
+    queue = api.Queue(djtasks.record_order.queue_name)
+    order = [json.loads(r)["jid"] for r in reversed(store.queue_range(queue.name, 0, -1))]
+    assert order == [high.id, plain.id, low.id]
+    assert store.job_result(high.id) is not None
+    leftovers = [k for k in store.client.scan_iter(match="*scratch*", target_nodes="primaries")]
+    assert leftovers == []

@@ -34,7 +34,7 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, cast
 
@@ -47,13 +47,14 @@ from .base import ScriptArg
 from .batches import Succeeded
 from .control import UniquePush, unique_holders, unique_push_call
 from .keys import ClusterKeys
+from .results import PRIORITY_SCAN_LIMIT
 from .limits import LimitState, _decode_state, _int, _read_state
 from .sets import TRASH_TTL, UNIQUE_PAGE, NEEDLES, Leaving, LeavingOf
 from .store import (LUA_DIR, LUA_INCLUDE, PUSH_BATCH, REGISTER_EVERY, PollerOutlook, Settle,
                     Storage)
 
 #: Scripts over global keys that push onto queues: in cluster mode they push onto outboxes.
-OUTBOX_SCRIPTS = frozenset({"unique_push", "task_enqueue", "periodic_fire", "batch", "set_move",
+OUTBOX_SCRIPTS = frozenset({"unique_push", "periodic_fire", "batch", "set_move",
                             "set_requeue_batch"})
 RELAY_PAGE = 500
 RELAY_EVERY = 1.0  # seconds between two sweeps of the outboxes by one process
@@ -278,6 +279,28 @@ class ClusterStorage(Storage):
     def release_unique(self, pairs: Sequence[tuple[str, str]]) -> None:
         for digest, jid in pairs:
             self._unlock(keys=[self.keys.unique(digest)], args=[jid])
+
+    def push_task(self, result_id: str, record: Mapping[str, str], *, queue: str, raw: bytes,
+                  priority: int, ttl: int) -> None:
+        """A django.tasks job placed by priority: the result record and the queue's
+        registration first (global slot, one MULTI), then task_enqueue.lua's placement in the
+        queue's own slot, where the script's writes of record and registration go to a scratch
+        key deleted right after. A crash in between leaves a record whose job was never pushed
+        (the caller got the error), never a job without its record."""
+        key, ttl_s = self.keys.job_result(result_id), max(1, int(ttl))
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(key)
+        if record:
+            pipe.hset(key, mapping=dict(record))  # type: ignore[arg-type]
+        pipe.expire(key, ttl_s)
+        pipe.sadd(self.keys.queues, queue)
+        pipe.execute()
+        scratch = self.keys.queue_scratch(queue, secrets.token_hex(8))
+        try:
+            self._task_enqueue(keys=[scratch, scratch, self.keys.queue(queue)],
+                               args=["q", raw, int(priority), queue, ttl_s, PRIORITY_SCAN_LIMIT])
+        finally:
+            self.client.delete(scratch)
 
     def pause_queue(self, name: str) -> None:
         super().pause_queue(name)

@@ -216,6 +216,11 @@ class ClusterKeys(Keys):
         """A cleared queue renamed aside (RENAME needs the queue's slot; see set_clear.lua)."""
         return self._q(queue, f"kiq:trash:{token}")
 
+    def queue_scratch(self, queue: str, token: str) -> str:
+        """A throwaway key in the queue's slot, for a script's writes that belong elsewhere
+        (deleted right after the call; see ClusterStorage.push_task)."""
+        return self._q(queue, f"kiq:scratch:{token}")
+
     def wip_queues(self, identity: str) -> str:
         """SET: the queues ``identity`` has in-progress lanes in (recovery reads them)."""
         return self._k(f"kiq:wip:{identity}:queues")
