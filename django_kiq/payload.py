@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import secrets
+from collections.abc import Iterator
 from typing import Any
 
 from .exceptions import MalformedPayload
@@ -40,8 +42,26 @@ _FLAT = frozenset(_NATIVE_SCALARS)  # exact types: an int subclass still gets th
 MAX_NESTING = 98
 
 
+# Jids handed out from one read of the random source per 256 (a syscall per enqueue was 1-2%
+# of a single enqueue). next() on a list iterator is atomic; two threads refilling at once
+# just read twice. A forked child starts a pool of its own, or it would repeat its parent's.
+_JID_POOL = 256
+_jid_pool: list[Iterator[str]] = [iter(())]
+
+
 def new_jid() -> str:
-    return secrets.token_hex(12)
+    jid = next(_jid_pool[0], None)
+    if jid is None:
+        _jid_pool[0] = iter(new_jids(_JID_POOL))
+        jid = next(_jid_pool[0])
+    return jid
+
+
+def _reset_jid_pool() -> None:
+    _jid_pool[0] = iter(())
+
+
+os.register_at_fork(after_in_child=_reset_jid_pool)
 
 
 def new_jids(count: int) -> list[str]:
@@ -179,9 +199,13 @@ def _exact(values: Any) -> bool:
 
 def encode_orjson(job: dict[str, Any]) -> bytes:
     try:
-        return orjson.dumps(job, option=_OR_OPTIONS)
+        raw = orjson.dumps(job, option=_OR_OPTIONS)
     except _OR_ENCODE_ERROR:  # an int over 64 bits, a datetime...: the stdlib's rules
         return encode_stdlib(job)
+    # orjson's bytes keep the buffer it wrote into: about a page each. A batch of them held
+    # until the push (enqueue_many) faulted in a page per job (2 us here) and grew the RSS by
+    # 4 KB per job; an exact-size copy costs 0.3 us.
+    return bytes(memoryview(raw))
 
 
 def decode_json_orjson(raw: bytes | str) -> Any:

@@ -120,3 +120,60 @@ def test_payload_size_limit(redis_client):
             jobs.record.enqueue("x" * 2000)
         jobs.record.enqueue("x" * 500)
     assert redis_client.llen("queue:default") == 1
+
+
+# -- the single-enqueue fast path (client._push_plain) writes what the pipeline writes ------------
+
+def test_single_enqueue_writes_the_bytes_the_pipeline_writes(redis_client):
+    jobs.record_kwargs.enqueue(1, b="é")  # the fast path: no middleware, batch, unique...
+    jobs.record_kwargs.enqueue_many([(1,)])  # the pipeline (no kwargs through enqueue_many)
+    jobs.record_kwargs.set(expires_in=60).enqueue(1, b="é")  # the pipeline: expiring
+    fast, bulk, piped = [redis_client.lindex("queue:default", i) for i in (2, 1, 0)]
+
+    def shape(raw):
+        job = json.loads(raw)
+        return [(k, v) for k, v in job.items() if k not in ("jid", "created_at", "enqueued_at",
+                                                            "kiq_expires_at")]
+
+    assert list(json.loads(fast)) == [k for k in json.loads(piped) if k != "kiq_expires_at"]
+    assert shape(fast) == shape(piped)
+    assert shape(bulk) == [(k, v) for k, v in shape(fast) if k != "kwargs"]
+    job = json.loads(fast)
+    assert job["created_at"] == job["enqueued_at"] and len(job["jid"]) == 24
+
+
+def test_single_enqueue_runs_client_middleware_and_test_modes(redis_client):
+    with override_settings(KIQ={**settings.KIQ, "CLIENT_MIDDLEWARE": [
+            "tests.test_client.tagging_middleware"]}):
+        jobs.record.enqueue("mw")
+    assert _queue(redis_client)[0]["tagged"] is True
+    from django_kiq import testing
+
+    with testing.fake() as fake:
+        jobs.record.enqueue("fake")
+        assert [j["args"] for j in fake.jobs] == [["fake"]]
+    assert redis_client.llen("queue:default") == 1
+
+
+def tagging_middleware(next_push):
+    def push(job):
+        return next_push({**job, "tagged": True})
+    return push
+
+
+def test_jids_are_unique_across_a_fork(redis_client):
+    import os
+
+    from django_kiq import payload
+
+    payload.new_jid()  # the parent holds a pool
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child's first jids come from a pool of its own
+        os.write(write, "".join(payload.new_jid() for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 200).decode()
+    os.waitpid(pid, 0)
+    mine = "".join(payload.new_jid() for _ in range(3))
+    assert len(child) == 72 and child != mine

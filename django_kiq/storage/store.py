@@ -147,6 +147,12 @@ class Storage(SetOps, PeriodicOps, ResultOps, ControlOps, BatchOps, LimitOps):
         restart) is registered again within seconds. One command per queue per 1,000 jobs,
         pipelined; jobs keep their order within a queue.
         """
+        if len(items) == 1:  # a single enqueue: no grouping
+            queue, raw = items[0]
+            now = time.monotonic()
+            if now - self._registered.get(queue, -REGISTER_EVERY) < REGISTER_EVERY:
+                self.client.lpush(self.keys.queue(queue), raw)
+                return
         for start in range(0, len(items), PUSH_BATCH):
             by_queue: dict[str, list[bytes]] = {}
             for queue, raw in items[start:start + PUSH_BATCH]:
