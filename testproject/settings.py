@@ -89,6 +89,10 @@ for _key in ("PROCESS_TTL", "HEARTBEAT_INTERVAL", "POISON_LIMIT", "CONCURRENCY",
     _value = _env_float(f"KIQ_{_key}")
     if _value is not None:
         KIQ[_key] = int(_value) if _key in ("POISON_LIMIT", "CONCURRENCY") else _value
+if os.environ.get("KIQ_METRICS_PORT"):  # bench/features_bench.py
+    KIQ["METRICS_PORT"] = int(os.environ["KIQ_METRICS_PORT"])
+if os.environ.get("KIQ_OPENTELEMETRY") == "1":  # bench/features_bench.py
+    KIQ["OPENTELEMETRY"] = True
 if os.environ.get("KIQ_LOG_FORMAT"):  # tests/test_logformat.py
     KIQ["LOG_FORMAT"] = os.environ["KIQ_LOG_FORMAT"]
 # The demo's periodic job (docs/scheduling.md), listed on the admin's Periodic page. KIQ_PERIODIC
