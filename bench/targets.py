@@ -61,7 +61,10 @@ def throughput(c: Checks) -> None:
                 lambda v, f=floor: v >= f, f"{eff or 0:.1%}")
 
 
-ROUND1_CPU_US = 58.7  # µs of CPU per no-op job in round 1's published run (docs/performance.md)
+# µs of CPU per no-op job in round 1, per logging level: 58.7 at WARNING (the published run,
+# docs/performance.md), ~280 at INFO (issue 16: two log lines per job, written on the job threads).
+# Issue 16 asks each level's figure cut by a third against its own round-1 level.
+ROUND1_CPU_US = {"WARNING": 58.7, "INFO": 280.0}
 
 
 def round2(c: Checks) -> None:
@@ -72,8 +75,9 @@ def round2(c: Checks) -> None:
         c.check(f"no-op >= {factor}x sidekiq, both at {level}", r,
                 lambda v, f=factor: v >= f, f"{r or 0:.2f}x")
         cpu = c.value(f"{scenario} CPU per job")
-        c.check(f"CPU per no-op job at {level} <= 2/3 of round 1's {ROUND1_CPU_US} µs", cpu,
-                lambda v: v <= ROUND1_CPU_US * 2 / 3, f"{cpu or 0:.1f} µs")
+        before = ROUND1_CPU_US[level]
+        c.check(f"CPU per no-op job at {level} <= 2/3 of round 1's {before:g} µs", cpu,
+                lambda v, b=before: v <= b * 2 / 3, f"{cpu or 0:.1f} µs")
     r = c.ratio("1 enqueue: single", "redis-py LPUSH loop")
     c.check("single enqueue >= 75% of a bare LPUSH loop (issue 16)", r, lambda v: v >= 0.75,
             f"{r or 0:.0%}")
