@@ -98,3 +98,8 @@ def nothing_critical(i=0):
 @job(queue="low")
 def nothing_low(i=0):
     pass
+
+
+@job(result_ttl=600)
+def add(a, b):
+    return a + b

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.core.checks import Error
 from django.test import override_settings
 
-from django_kiq import api, storage
+from django_kiq import api, results, storage
 from django_kiq.checks import check_settings
 from django_kiq.storage.cluster import ClusterStorage
 from django_kiq.storage.keys import ClusterKeys, Keys
@@ -178,7 +178,7 @@ def test_jobs_of_a_killed_worker_are_recovered(store, start_worker, redis_client
     assert second.wait(timeout=20) == 0, second.output()
 
 
-def test_unique_jobs_limits_and_a_batch(store, start_worker, redis_client):
+def test_unique_jobs_limits_a_batch_and_a_result(store, start_worker, redis_client):
     from django_kiq.batches import BatchStatus, batch
 
     first = cluster_jobs.unique_run.delay("u", 1.0)
@@ -188,6 +188,7 @@ def test_unique_jobs_limits_and_a_batch(store, start_worker, redis_client):
     with batch(description="cluster", on_success=cluster_jobs.run_low.s("batch-done")) as b:
         cluster_jobs.run.enqueue_many([(f"b{i}",) for i in range(5)])
         cluster_jobs.run_critical.delay("b5")
+    added = cluster_jobs.add.delay(2, 3)
     workers = [start_worker(), start_worker()]
     members = [f"b{i}" for i in range(6)]
     every = ["u", *(f"c{i}" for i in range(8)), *members, "batch-done"]
@@ -201,6 +202,8 @@ def test_unique_jobs_limits_and_a_batch(store, start_worker, redis_client):
     # The lock went with the success (settle's global step): the same job is accepted again.
     wait_for(lambda: cluster_jobs.unique_run.delay("u", 1.0) is not None, timeout=5)
     wait_for(lambda: runs(redis_client, ["u"])["u"] == 2, timeout=15)
+    result = results.get(added).wait(timeout=10)  # written in the settle's global step
+    assert (result.status, result.value) == ("succeeded", 5), result
     status = BatchStatus(b.bid)
     assert status.pending == 0 and status.total == 6, status
     for worker in workers:
