@@ -123,6 +123,14 @@ def demo_data(store, redis_client):
                                   busy=2 if i == 0 else 0, quiet=i == 1, rss_kb=81920 + i * 4096,
                                   rtt_us=180, work=work if i == 0 else {}, ttl=120, processed=0,
                                   failed=0), metrics=metrics if i == 0 else None)
+    for i in range(2):  # the two workers of one ``kiq_worker --processes 2`` supervisor
+        info = {"hostname": "worker-1", "pid": 5001 + i, "tag": "", "concurrency": 10,
+                "queues": ["default"], "started_at": now - 600, "version": "0.1.0",
+                "supervisor": {"identity": "worker-1:5000:sup", "pid": 5000, "index": i,
+                               "processes": 2}}
+        store.heartbeat(Heartbeat(identity=f"worker-1:{5001 + i}:d4e5f6", info=json.dumps(info),
+                                  busy=0, quiet=False, rss_kb=61440, rtt_us=150, work={},
+                                  ttl=120, processed=0, failed=0))
     cron = [{"name": "nightly-report", "cron": "0 3 * * *", "job": "tests.jobs.record",
              "args": ["report"], "timezone": "Europe/Paris"},
             {"name": "every-5-minutes", "cron": "*/5 * * * *", "job": "tests.jobs.noop",
