@@ -21,6 +21,7 @@ from django.test import override_settings
 
 from django_kiq import api, results, storage
 from django_kiq.checks import check_settings
+from django_kiq.storage import Settle
 from django_kiq.storage.cluster import ClusterStorage
 from django_kiq.storage.keys import ClusterKeys, Keys
 from tests import cluster_jobs
@@ -428,3 +429,17 @@ def test_django_tasks_keep_their_priority_order(store):
     assert store.job_result(high.id) is not None
     leftovers = [k for k in store.client.scan_iter(match="*scratch*", target_nodes="primaries")]
     assert leftovers == []
+
+
+def test_a_lane_whose_record_was_dropped_is_still_found(store):
+    """A process taken for dead during a long pause had its lane record dropped by the peer
+    that recovered it; lanes it fills before recording them again are still found."""
+    store.push([("low", b'{"jid":"j","queue":"low"}')])
+    jobs, _ = store.fetch("ghost:1:a", ["low"], 1)
+    store.client.delete(store.keys.wip_queues("ghost:1:a"))
+    assert store.wip_items("ghost:1:a") == [jobs[0][1]]
+    assert store.unregister("ghost:1:a") == 1  # one job left: the registry entry stays
+    assert store.settle("ghost:1:a", [Settle(kind="q", old=jobs[0][1], new=jobs[0][1],
+                                             dest="low")]) == [1]
+    assert store.queue_range("low", 0, -1) == [jobs[0][1]]
+    assert store.unregister("ghost:1:a") == 0

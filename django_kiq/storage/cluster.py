@@ -59,6 +59,7 @@ OUTBOX_SCRIPTS = frozenset({"unique_push", "periodic_fire", "batch", "set_move",
 RELAY_PAGE = 500
 RELAY_EVERY = 1.0  # seconds between two sweeps of the outboxes by one process
 PAUSED_EVERY = 1.0  # seconds a process trusts its copy of the paused queues (see fetch)
+LANES_EVERY = 5.0  # seconds between two records of the same in-progress lane (_ensure_lanes)
 
 
 def _lua(name: str) -> str:
@@ -99,7 +100,8 @@ class ClusterStorage(Storage):
 
     def __init__(self, client: Any, keys: ClusterKeys, **kwargs: Any):
         self._origins: dict[bytes, str] = {}  # payload -> the queue whose lane holds it
-        self._lanes: set[tuple[str, str]] = set()  # (identity, queue) lanes registered
+        # (identity, queue) -> when this process last recorded that lane (see _ensure_lanes)
+        self._lanes: dict[tuple[str, str], float] = {}
         self._next_sweep = 0.0
         self._paused_cache: tuple[float, frozenset[str]] = (0.0, frozenset())
         super().__init__(client, keys, **kwargs)
@@ -374,11 +376,14 @@ class ClusterStorage(Storage):
 
     def _ensure_lanes(self, identity: str, queues: Iterable[str]) -> None:
         """Record the queues ``identity`` takes jobs from before its first fetch there, so a
-        recovery finds every lane."""
-        new = [q for q in dict.fromkeys(queues) if (identity, q) not in self._lanes]
+        recovery finds every lane; again every LANES_EVERY seconds, in case a peer took this
+        process for dead (a long pause), recovered its jobs and dropped the record."""
+        now = time.monotonic()
+        new = [q for q in dict.fromkeys(queues)
+               if now - self._lanes.get((identity, q), -LANES_EVERY) >= LANES_EVERY]
         if new:
             self.client.sadd(self.keys.wip_queues(identity), *new)
-            self._lanes.update((identity, q) for q in new)
+            self._lanes.update(((identity, q), now) for q in new)
 
     def _paused(self) -> frozenset[str]:
         at, names = self._paused_cache
@@ -424,12 +429,19 @@ class ClusterStorage(Storage):
         paused |= {q for q in self._paused() if q in queues and q not in checked}
         return jobs, paused
 
+    def _lane_queues(self, identity: str) -> list[str]:
+        """The queues ``identity`` may have in-progress lanes in: those it recorded, and every
+        registered or paused queue (a lane taken after its record was dropped is found too)."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in (self.keys.wip_queues(identity), self.keys.queues, self.keys.paused_queues):
+            pipe.smembers(key)
+        return sorted({_text(q) for names in pipe.execute() for q in names})
+
     def wip_items(self, identity: str, lane: str = "fetch") -> list[bytes]:
         """The jobs in every per-queue lane of ``identity`` (or its poller's lane)."""
         if lane != "fetch":
             return super().wip_items(identity, lane)
-        queues = sorted(_text(q) for q in cast(
-            "set[bytes]", self.client.smembers(self.keys.wip_queues(identity))))
+        queues = self._lane_queues(identity)
         if not queues:
             return []
         pipe = self.client.pipeline(transaction=False)
@@ -551,8 +563,7 @@ class ClusterStorage(Storage):
         k = self.keys
         if guard and self.client.exists(k.process(identity)):
             return -1
-        queues = [_text(q) for q in cast("set[bytes]", self.client.smembers(
-            k.wip_queues(identity)))]
+        queues = self._lane_queues(identity)
         left = 0
         if queues:
             pipe = self.client.pipeline(transaction=False)
@@ -564,7 +575,7 @@ class ClusterStorage(Storage):
                   k.wip_registry, k.wip_queues(identity)],
             args=[identity, "1" if guard else "0", left]))
         if result == 0:
-            self._lanes = {lane for lane in self._lanes if lane[0] != identity}
+            self._lanes = {lane: at for lane, at in self._lanes.items() if lane[0] != identity}
         return result
 
     def orphans(self) -> list[str]:
