@@ -108,6 +108,7 @@ class Storage(SetOps, PeriodicOps, ResultOps, ControlOps, BatchOps, LimitOps):
         self._push = self._script("push")
         self._fetch = self._script("fetch")
         self._settle = self._script("settle")
+        self._settle_fetch = self._script("settle_fetch")
         self._due = self._script("due")
         self._unregister = self._script("unregister")
 
@@ -225,24 +226,13 @@ class Storage(SetOps, PeriodicOps, ResultOps, ControlOps, BatchOps, LimitOps):
 
     def _settle_then_fetch(self, identity: str, settles: Sequence[Settle | Succeeded],
                            keys: list, args: list) -> list:
-        """settle.lua then fetch.lua, pipelined as EVALSHA (a pipelined Script would ask
-        SCRIPT EXISTS first: a second round trip). A script Redis lost (restart, SCRIPT FLUSH)
-        is run again on its own, which loads it. Any other error is raised, after the fetch
-        ran or not: the caller reconciles, as after any failed fetch."""
+        """settle.lua then fetch.lua in one script call (settle_fetch.lua). An error is raised
+        whether or not the call ran: the caller reconciles, as after any failed fetch."""
         settle_keys, settle_args, _ = self._settle_args(identity, settles, "fetch", False,
                                                         time.time())
-        pipe = self.client.pipeline(transaction=False)
-        pipe.evalsha(self._settle.sha, len(settle_keys), *settle_keys, *settle_args)
-        pipe.evalsha(self._fetch.sha, len(keys), *keys, *args)
-        settled, flat = pipe.execute(raise_on_error=False)
-        if isinstance(settled, redis.exceptions.NoScriptError):
-            self._settle(keys=settle_keys, args=settle_args)
-        elif isinstance(settled, Exception):
-            raise settled
-        if isinstance(flat, redis.exceptions.NoScriptError):
-            flat = self._fetch(keys=keys, args=args)
-        elif isinstance(flat, Exception):
-            raise flat
+        _, flat = self._settle_fetch(keys=[*settle_keys, *keys],
+                                     args=[len(settle_keys), len(settle_args), *settle_args,
+                                           *args])
         return flat
 
     def settle(self, identity: str, entries: Sequence[Settle | Succeeded], *,
