@@ -169,12 +169,16 @@ def test_jobs_of_a_killed_worker_are_recovered(store, start_worker, redis_client
     assert held, "the killed worker held no job"
     second = start_worker("-c", "15", env={"KIQ_PROCESS_TTL": "2",
                                            "KIQ_HEARTBEAT_INTERVAL": "0.5"})
-    wait_for(lambda: all_ran(redis_client, tokens), timeout=40, message=second.output())
+    try:
+        wait_for(lambda: all_ran(redis_client, tokens), timeout=40)
+    except AssertionError:
+        raise AssertionError((runs(redis_client, tokens), second.output())) from None
     # Jobs record their run after sleeping: a killed run recorded nothing, so each ran once.
-    assert set(runs(redis_client, tokens).values()) == {1}
-    assert "recovered" in second.output()
-    wait_for(lambda: store.in_progress() == [], timeout=10)
-    wait_for(lambda: len(store.orphans()) == 0, timeout=10)
+    assert set(runs(redis_client, tokens).values()) == {1}, (runs(redis_client, tokens),
+                                                              first.output(), second.output())
+    assert "recovered" in second.output(), second.output()
+    wait_for(lambda: store.in_progress() == [], timeout=10, message=str(store.in_progress()))
+    wait_for(lambda: len(store.orphans()) == 0, timeout=10, message=str(store.orphans()))
     second.send(signal.SIGTERM)
     assert second.wait(timeout=20) == 0, second.output()
 
