@@ -177,8 +177,10 @@ def test_jobs_of_a_killed_worker_are_recovered(store, start_worker, redis_client
     assert set(runs(redis_client, tokens).values()) == {1}, (runs(redis_client, tokens),
                                                               first.output(), second.output())
     assert "recovered" in second.output(), second.output()
-    wait_for(lambda: store.in_progress() == [], timeout=10, message=str(store.in_progress()))
-    wait_for(lambda: len(store.orphans()) == 0, timeout=10, message=str(store.orphans()))
+    try:
+        wait_for(lambda: store.in_progress() == [] and store.orphans() == [], timeout=10)
+    except AssertionError:
+        raise AssertionError((store.in_progress(), store.orphans(), second.output())) from None
     second.send(signal.SIGTERM)
     assert second.wait(timeout=20) == 0, second.output()
 
