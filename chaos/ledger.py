@@ -58,6 +58,9 @@ class KiqState:
     def __init__(self, client: redis.Redis):
         self.client = client
 
+    def dead_count(self) -> int:
+        return self.client.zcard("dead")
+
     def dead_jobs(self) -> list[dict]:
         return [json.loads(raw) for raw in self.client.zrange("dead", 0, -1)]
 
@@ -139,7 +142,7 @@ def drain(ledger: Ledger, state: KiqState, tokens: Sequence[str], *, timeout: fl
     last_report = begin
     while True:
         done = ledger.counts("done", missing)
-        dead = state.dead_tokens() if state.client.zcard("dead") else set()
+        dead = state.dead_tokens() if state.dead_count() else set()
         missing = [t for t in missing if not done[t] and t not in dead]
         if not missing and state.pending() == 0:
             return time.monotonic() - begin

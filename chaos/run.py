@@ -32,12 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     _setup_django(workdir)
 
+    from chaos.cluster_failover import cluster_failover
     from chaos.outage import memory, redis_down
     from chaos.scenarios import ALIASES, SCENARIOS, say
 
-    registry = {**SCENARIOS, "redis-down": redis_down, "memory": memory}
+    registry = {**SCENARIOS, "redis-down": redis_down, "memory": memory,
+                "cluster-failover": cluster_failover}
     order = ["kill9", "term", "redis-restart", "client-kill", "pause", "pause-edge", "stall",
-             "poison", "redis-down", "memory", "peers-kill"]
+             "poison", "redis-down", "memory", "peers-kill", "cluster-failover"]
     names = [ALIASES.get(n, n) for n in opts.scenarios] or order
     unknown = [n for n in names if n not in registry]
     if unknown:
