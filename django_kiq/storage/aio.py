@@ -121,7 +121,7 @@ def build_async_client(settings: Any) -> redis.asyncio.Redis:
 def from_settings(settings: Any) -> AsyncStorage:
     if settings.redis_cluster_url or settings.redis_cluster_nodes:
         from . import get_default as sync_default
-        from .cluster import ThreadedAsyncStorage
+        from .cluster_base import ThreadedAsyncStorage
 
         # Redis Cluster: the sync cluster verbs, on a thread (storage/cluster.py says why).
         return ThreadedAsyncStorage(sync_default())  # type: ignore[arg-type, return-value]
