@@ -8,6 +8,7 @@ worker start-up, never on every ``manage.py`` command.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 from typing import TYPE_CHECKING, Any
 
 from django.core.checks import Error, Tags, Warning, register
@@ -138,7 +139,7 @@ def _check_cluster(raw: dict) -> list:
                                                                             "rediss://"))):
         errors.append(_error(f"KIQ['REDIS_CLUSTER_URL'] must be None or the redis:// URL of a "
                              f"cluster node, not {url!r}.", 40))
-    elif url and url.count("/") > 2 and url.rstrip("/").rpartition("/")[2] not in ("", "0"):
+    elif url and urlsplit(url).path.strip("/") not in ("", "0"):
         errors.append(_error("KIQ['REDIS_CLUSTER_URL'] names a database other than 0: Redis "
                              "Cluster has only database 0.", 43))
     if isinstance(nodes, (str, bytes)) or not isinstance(nodes, (list, tuple)) or not all(

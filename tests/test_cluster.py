@@ -112,6 +112,15 @@ def test_cluster_settings_are_checked(kiq, error_id):
     assert [e.id for e in errors] == [error_id], errors
 
 
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:7000", "redis://127.0.0.1:7000/",
+                                 "redis://:pw@10.0.0.1:7000/0",
+                                 "rediss://h:7000?ssl_cert_reqs=none"])
+def test_good_cluster_urls_pass_the_checks(url):
+    with override_settings(KIQ={"REDIS_CLUSTER_URL": url,
+                                "REDIS_CLUSTER_NODES": [("10.0.0.2", 7000)]}):
+        assert [e for e in check_settings() if isinstance(e, Error)] == []
+
+
 # -- end to end with workers ------------------------------------------------------------------
 
 def test_enqueue_fetch_run_on_three_shards(store, start_worker, redis_client):
