@@ -458,3 +458,25 @@ def test_a_lane_whose_record_was_dropped_is_still_found(store):
                                              dest="low")]) == [1]
     assert store.queue_range("low", 0, -1) == [jobs[0][1]]
     assert store.unregister("ghost:1:a") == 0
+
+
+def test_a_crash_inside_a_cross_slot_step_duplicates_never_loses(store):
+    """The two windows of docs/reliability.md "Redis Cluster" a dead worker can leave: a settle
+    whose global step ran but not its lane step, and a due job claimed by the poller but not yet
+    pushed. Recovery (what a live worker's heartbeat runs) puts both back in their queues."""
+    from django_kiq.worker.fetcher import recover_orphans
+
+    dead = "gone:1:x"
+    store.register(dead, "{}")
+    store.push([("critical", b'{"jid":"r","queue":"critical","class":"x","args":[]}')])
+    [(_, raw)] = store.fetch(dead, ["critical"], 1)[0]
+    retry = Settle(kind="z", old=raw, new=raw.replace(b'"r"', b'"r","retry_count":0'),
+                   dest="retry", score=time.time() + 3600)
+    store._settle_effects(dead, [retry], "fetch", False, time.time())  # then the crash
+    store.schedule([(time.time() - 1, b'{"jid":"s","queue":"low","class":"x","args":[]}')])
+    assert store.claim_due("schedule", dead, None, 10)  # claimed, then the crash
+    assert recover_orphans(store, poison_limit=3) == 2
+    assert store.set_size("retry") == 1  # the retry entry stays: the job may run twice
+    assert [json.loads(r)["jid"] for r in store.queue_range("critical", 0, -1)] == ["r"]
+    assert [json.loads(r)["jid"] for r in store.queue_range("low", 0, -1)] == ["s"]
+    assert store.in_progress() == [] and store.orphans() == []
