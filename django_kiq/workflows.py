@@ -104,10 +104,10 @@ def on_outcome(outcome: Any, job: dict[str, Any], value: Any, settings: KiqSetti
         # Most of a batch's drain: a success to count, nothing else (µs per job, so direct).
         if not lineage:
             return outcome
-        mark = storage.BatchMark(lineage, str(job.get("jid")), "s", settings.batch_ttl)
+        success = storage.BatchMark(lineage, str(job.get("jid")), "s", settings.batch_ttl)
         if not (outcome.unlock or outcome.drop_cursor):  # a bare ack: build, not copy
-            return type(outcome)(kind="done", raw=outcome.raw, batch=mark)
-        return outcome._replace(batch=mark)
+            return type(outcome)(kind="done", raw=outcome.raw, batch=success)
+        return outcome._replace(batch=success)
     status, finished, count = status_of(kind)
     mark = None
     if lineage and count is not None:
