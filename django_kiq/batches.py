@@ -168,16 +168,24 @@ class Batch:
         """The enqueue pipeline's writer: each job joins the batch as it is pushed."""
         store, now = storage.get_default(), time.time()
         pushes = []
+        limit, push = settings.max_payload_bytes, storage.BatchPush
         for job in jobs:
-            at = job.get("at")
-            if at is not None and at > now:
+            at, queue = job.get("at"), job.get("queue")
+            if at is None and type(queue) is str and queue:
+                # Due now (most jobs): payload.ready_for_queue's result, in place (these hashes
+                # are the pipeline's own), as the plain writer does (client.plan_writes).
+                job["enqueued_at"] = now
+                raw = payload.encode(job)
+                pushes.append(push(job["jid"], raw, queue))
+            elif at is not None and at > now:
                 raw = payload.encode(payload.for_schedule(job))
-                pushes.append(storage.BatchPush(jid=job["jid"], raw=raw, at=at))
+                pushes.append(push(job["jid"], raw, at=at))
             else:
                 ready = payload.ready_for_queue(job, now)
                 raw = payload.encode(ready)
-                pushes.append(storage.BatchPush(jid=job["jid"], raw=raw, queue=ready["queue"]))
-            client.check_size(job, settings, raw)
+                pushes.append(push(job["jid"], raw, ready["queue"]))
+            if len(raw) > limit:
+                client.check_size(job, settings, raw)
         try:
             for start in range(0, len(pushes), storage.store.PUSH_BATCH):
                 store.batch_write(self.bid, ttl=settings.batch_ttl,

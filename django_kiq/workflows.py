@@ -53,6 +53,8 @@ def attempt_of(job: dict[str, Any]) -> int:
 def record_enqueued(store: storage.Storage, jobs: list[dict[str, Any]], settings: KiqSettings,
                     now: float) -> None:
     """The "queued" (or "scheduled") records of jobs that keep their result."""
+    if settings.result_ttl is None and not any("kiq_result_ttl" in job for job in jobs):
+        return  # none keeps one (most enqueues): no per-job work
     items = []
     for job in jobs:
         ttl = result_ttl(job, settings)

@@ -59,6 +59,33 @@ def test_jobs_enqueued_in_the_block_join_the_batch_atomically(redis_client):
     assert queued.fields["bid"] == b.bid
 
 
+def test_one_push_of_many_runs_keeps_every_jobs_place_and_membership(store, redis_client):
+    """batch.lua takes a call's jobs as runs (consecutive pushes to one queue, or to the
+    schedule set): pushes to two queues and the schedule set, interleaved, keep their order in
+    each queue, their scores, and all join pending; a run longer than one LPUSH's 1,000 too."""
+    from django_kiq.storage import BatchPush
+
+    with batch(description="runs") as b:
+        pass  # an empty sealed batch to push into
+    now = time.time()
+    plan = ([("a", None)] * 3 + [("b", None)] * 2 + [("", now + 60)] * 2 + [("a", None)] * 1205
+            + [("", now + 90)])
+    pushes = [BatchPush(f"j{i:05d}", f"p{i}".encode(), queue, at)
+              for i, (queue, at) in enumerate(plan)]
+    assert store.batch_write(b.bid, ttl=60, jobs=pushes)
+    queue_a = [raw.decode() for raw in reversed(redis_client.lrange("queue:a", 0, -1))]
+    assert queue_a == [f"p{i}" for i, (q, _) in enumerate(plan) if q == "a"]  # oldest first
+    assert [raw.decode() for raw in reversed(redis_client.lrange("queue:b", 0, -1))] == [
+        "p3", "p4"]
+    assert redis_client.zrange("schedule", 0, -1, withscores=True) == [
+        (b"p5", pytest.approx(now + 60)), (b"p6", pytest.approx(now + 60)),
+        (f"p{len(plan) - 1}".encode(), pytest.approx(now + 90))]
+    assert {b"a", b"b"} <= redis_client.smembers("queues")
+    status = api.Batch(b.bid)
+    assert status.total == status.pending == len(plan)
+    assert redis_client.scard(f"kiq:batch:{b.bid}:pending") == len(plan)
+
+
 # -- callbacks --------------------------------------------------------------------------------
 
 def test_success_and_complete_fire_once_after_the_last_job(redis_client, worker_factory):

@@ -53,14 +53,31 @@ class Succeeded(NamedTuple):
     batch: BatchMark
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BatchPush:
-    """One job pushed into a batch: onto its queue, or into the schedule set at ``at``."""
+class BatchPush(NamedTuple):
+    """One job pushed into a batch: onto its queue, or into the schedule set at ``at``.
+
+    A tuple, not a frozen dataclass: ``enqueue_many`` inside a batch builds one per job."""
 
     jid: str
     raw: bytes
     queue: str = ""
     at: float | None = None
+
+
+def _runs(jobs: Sequence[BatchPush]) -> list[tuple[str | None, list[BatchPush]]]:
+    """``jobs`` cut into runs of consecutive pushes to one queue (or to the schedule set:
+    None), in order: batch.lua takes a run's keys and names once (most calls are one run)."""
+    runs: list[tuple[str | None, list[BatchPush]]] = []
+    current: list[BatchPush] | None = None
+    last: object = object()
+    for job in jobs:
+        where = job.queue if job.at is None else None
+        if current is None or where != last:
+            current = []
+            runs.append((where, current))
+            last = where
+        current.append(job)
+    return runs
 
 
 def _flat(fields: Mapping[str, str] | Sequence[tuple[str, str]]) -> list[str]:
@@ -144,14 +161,19 @@ class BatchOps(StorageBase):
             "s" if seal is not None else "")
         args: list = [flags, len(ancestors), ttl, len(create or {}), *_flat(create or {})]
         args += [len(seal or ()), *[v for cb in (seal or ()) for v in cb]]
-        args.append(len(jobs))
-        for job in jobs:
-            if job.at is None:
-                keys.append(k.queue(job.queue))
-                args += ["q", job.queue, job.jid, job.raw]
+        runs = _runs(jobs)
+        args.append(len(runs))
+        for queue, items in runs:
+            if queue is not None:
+                keys.append(k.queue(queue))
+                args += ["q", queue, len(items)]
+                for job in items:
+                    args += [job.jid, job.raw]
             else:
                 keys.append(k.schedule)
-                args += ["z", repr(float(job.at)), job.jid, job.raw]
+                args += ["z", "", len(items)]
+                for job in items:
+                    args += [job.jid, repr(float(job.at or 0)), job.raw]
         return int(self._batch(keys=keys, args=args)) == 1
 
     # -- batches: reading ----------------------------------------------------------------------

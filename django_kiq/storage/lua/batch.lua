@@ -3,14 +3,16 @@
 -- KEYS[1..4]  the batch: hash, pending, failed and dead sets (kiq:batch:<bid>[:...])
 -- KEYS[5]     the batches index (kiq:batches); KEYS[6] the `queues` set; KEYS[7] the schedule set
 -- KEYS[8..]   4 keys per ancestor batch (parent first), as KEYS[1..4]; then one destination
---             key per job (its queue list, or the schedule set)
+--             key per run of jobs (its queue list, or the schedule set)
 -- ARGV[1]     flags: "c" create (with "x": only if the batch does not exist, else return 0),
 --             "s" seal (store the callbacks, then fire what is due)
 -- ARGV[2]     number of ancestors A; ARGV[3] the batch TTL (seconds after completion)
 -- ARGV[4]     F, then F field/value pairs of the hash ("c": bid, description, created_at...)
 -- then        C, then C triples: which ("success", "complete", "death"), the callback's jid,
 --             its payload as it waits in the schedule set ("s")
--- then        J, then J quadruples: "q" or "z", queue name or score, jid, payload
+-- then        R, then R runs of jobs in their order: "q", the queue name, N, then N pairs
+--             (jid, payload) pushed to that queue; or "z", "", N, then N triples (jid, score,
+--             payload) added to the schedule set
 --
 -- Creating a child batch makes it a member of its parent ("b:<bid>") in the same step; each
 -- job joins the pending set in the same step as its push, so a crash never leaves a job
@@ -36,7 +38,7 @@ a = a + 2 * nf + 1
 local nc = tonumber(ARGV[a])
 local callbacks_at = a
 a = a + 3 * nc + 1
-local nj = tonumber(ARGV[a])
+local nruns = tonumber(ARGV[a])
 
 if string.find(flags, 'c', 1, true) then
   if string.find(flags, 'x', 1, true) and redis.call('EXISTS', h) == 1 then
@@ -53,18 +55,45 @@ if string.find(flags, 'c', 1, true) then
   end
 end
 
+-- The jobs, run by run: a run's pushes in LPUSHes of up to 1,000 values (pushed one after the
+-- other, as that many LPUSHes would), its queue added to `queues`; the jids join pending in
+-- SADDs of up to 1,000.
 local dest = 7 + 4 * nanc
-for j = 1, nj do
-  local kind, where, jid, raw = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
-  a = a + 4
-  redis.call('SADD', pending, jid)
-  if kind == 'q' then
-    redis.call('SADD', KEYS[6], where)
-    redis.call('LPUSH', KEYS[dest + j], raw)
-  else
-    redis.call('ZADD', KEYS[dest + j], where, raw)
+local nj, jids = 0, {}
+local function join(jid)
+  jids[#jids + 1] = jid
+  if #jids == 1000 then
+    redis.call('SADD', pending, unpack(jids))
+    jids = {}
   end
 end
+for r = 1, nruns do
+  local kind, where, n = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
+  local key = KEYS[dest + r]
+  a = a + 3
+  if kind == 'q' then
+    redis.call('SADD', KEYS[6], where)
+    local values = {}
+    for _ = 1, n do
+      join(ARGV[a + 1])
+      values[#values + 1] = ARGV[a + 2]
+      a = a + 2
+      if #values == 1000 then
+        redis.call('LPUSH', key, unpack(values))
+        values = {}
+      end
+    end
+    if #values > 0 then redis.call('LPUSH', key, unpack(values)) end
+  else
+    for _ = 1, n do
+      join(ARGV[a + 1])
+      redis.call('ZADD', key, ARGV[a + 2], ARGV[a + 3])
+      a = a + 3
+    end
+  end
+  nj = nj + n
+end
+if #jids > 0 then redis.call('SADD', pending, unpack(jids)) end
 if nj > 0 then
   redis.call('HINCRBY', h, 'total', nj)
   redis.call('EXPIRE', pending, ttl)
