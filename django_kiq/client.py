@@ -8,12 +8,14 @@ rollback pushes nothing. The jid is returned at once either way.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import gc
 import importlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -84,7 +86,26 @@ def _push_plain(name: str, options: JobOptions, args: tuple[Any, ...], kwargs: d
 
 
 def enqueue_many(job_obj: Job[..., Any], arg_list: Iterable[Sequence[Any]]) -> list[str | None]:
-    return _submit(job_obj, many_items(arg_list), at=None)
+    # The job hashes of one call all live until their push, so a garbage collection in between
+    # frees none of them but walks them all, and promotes them until a full collection walks the
+    # whole process: 30% of a 100,000-job call (200,000 against 290,000 jobs/s). The call
+    # creates no reference cycle; collections resume when it returns. (Not in aenqueue_many:
+    # its awaits would pause collections for the other tasks of the loop.)
+    with gc_paused():
+        return _submit(job_obj, many_items(arg_list), at=None)
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Garbage collections off for the block, if they were on (then on again after)."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def many_items(arg_list: Iterable[Sequence[Any]]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:

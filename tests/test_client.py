@@ -177,3 +177,27 @@ def test_jids_are_unique_across_a_fork(redis_client):
     os.waitpid(pid, 0)
     mine = "".join(payload.new_jid() for _ in range(3))
     assert len(child) == 72 and child != mine
+
+
+def test_enqueue_many_pauses_garbage_collection_only_for_the_call(redis_client):
+    import gc
+
+    seen = []
+
+    def args():
+        for i in range(3):
+            seen.append(gc.isenabled())
+            yield (i,)
+
+    assert gc.isenabled()
+    jobs.record.enqueue_many(args())
+    assert seen == [False] * 3 and gc.isenabled()
+    gc.disable()  # a process that turned collections off keeps them off
+    try:
+        jobs.record.enqueue_many([(1,)])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with pytest.raises(TypeError):
+        jobs.record.enqueue_many([(object(),)])
+    assert gc.isenabled() and redis_client.llen("queue:default") == 4
