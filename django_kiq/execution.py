@@ -101,10 +101,15 @@ class CurrentJob:
         """The batch this job belongs to, or None: ``with current_job().batch:`` adds the jobs
         enqueued inside it to the batch (docs/workflows.md)."""
         handle = self.extras.get("batch")
-        if isinstance(handle, tuple):  # the lineage (workflows.on_start): built when asked for
+        if isinstance(handle, dict):  # the job hash (workflows.on_start): its lineage, if any
+            from .batches import lineage_of
+
+            handle = lineage_of(handle) or None
+        if isinstance(handle, tuple):  # the lineage: the handle is built when asked for
             from .batches import Batch
 
-            handle = self.extras["batch"] = Batch.joining(handle)
+            handle = Batch.joining(handle)
+        self.extras["batch"] = handle
         return handle
 
     def remaining(self) -> float | None:

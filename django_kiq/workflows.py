@@ -69,15 +69,14 @@ def record_enqueued(store: storage.Storage, jobs: list[dict[str, Any]], settings
 
 def on_start(current: Any, job: dict[str, Any], settings: KiqSettings,
              store: storage.Storage | None,
-             touch: Callable[[], None] | None = None) -> tuple[str, ...]:
+             touch: Callable[[], None] | None = None) -> None:
     """Record the start of a job keeping its result, wire ``current_job().progress()`` and
-    ``.batch``; returns the job's batch lineage (for :func:`on_outcome`: read once per job)."""
-    lineage = batches.lineage_of(job) if "bid" in job else ()
-    if lineage and current is not None:
-        current.extras["batch"] = lineage  # CurrentJob.batch makes it a handle if asked
+    ``.batch``."""
+    if current is not None and "bid" in job:
+        current.extras["batch"] = job  # CurrentJob.batch reads its lineage, if the job asks
     ttl = result_ttl(job, settings)
     if ttl is None or store is None:
-        return lineage
+        return
     jid = str(job.get("jid"))
     store.start_job_result(jid, {"status": "running", "last_attempted_at": repr(time.time()),
                                  "attempt": str(attempt_of(job)),
@@ -91,15 +90,11 @@ def on_start(current: Any, job: dict[str, Any], settings: KiqSettings,
 
     if current is not None:
         current.extras["report_progress"] = report
-    return lineage
 
 
-def on_outcome(outcome: Any, job: dict[str, Any], value: Any, settings: KiqSettings,
-               lineage: tuple[str, ...] | None = None) -> Any:
-    """``outcome`` with its result record and batch count added (unchanged if neither).
-    ``lineage``: what :func:`on_start` returned, if it ran."""
-    if lineage is None:
-        lineage = batches.lineage_of(job) if "bid" in job else ()
+def on_outcome(outcome: Any, job: dict[str, Any], value: Any, settings: KiqSettings) -> Any:
+    """``outcome`` with its result record and batch count added (unchanged if neither)."""
+    lineage = batches.lineage_of(job) if "bid" in job else ()
     ttl = result_ttl(job, settings)
     kind = outcome.kind
     if ttl is None and kind == "done" and hasattr(outcome, "_replace"):

@@ -160,11 +160,10 @@ class Processor:
         """A job with a result record or a batch: recorded as started, progress reported, and
         its result and batch count added to its outcome (docs/workflows.md)."""
         store = self.control.store if self.control is not None else None
-        lineage = workflows.on_start(
-            ctx.current, ctx.job, self.settings, store,
-            touch=self.control.on_change if self.control is not None else None)
+        workflows.on_start(ctx.current, ctx.job, self.settings, store,
+                           touch=self.control.on_change if self.control is not None else None)
         outcome = self.complete(ctx)
-        return workflows.on_outcome(outcome, ctx.job, ctx.value, self.settings, lineage)
+        return workflows.on_outcome(outcome, ctx.job, ctx.value, self.settings)
 
     def admit(self, queue: str, raw: bytes, thread: str) -> JobContext | Outcome:
         """Decode a fetched job and check that it may start: its context, or the outcome of a
