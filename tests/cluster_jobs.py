@@ -3,26 +3,15 @@ on ``KIQ_TEST_LEDGER_URL`` (the test's own Redis DB, not the cluster under test,
 over), as a unique id per execution, so the test counts runs, lost and duplicated jobs exactly.
 """
 
-import os
 import time
 import uuid
 
 from django_kiq import job
-
-_LEDGER = None
-
+from tests.jobs import _ledger
 
 def ledger():
-    """A retrying client of the ledger Redis (it never fails over)."""
-    global _LEDGER
-    if _LEDGER is None:
-        import redis
-        from redis.backoff import ExponentialBackoff
-        from redis.retry import Retry
-
-        _LEDGER = redis.Redis.from_url(os.environ["KIQ_TEST_LEDGER_URL"],
-                                       retry=Retry(ExponentialBackoff(cap=0.5, base=0.01), 20))
-    return _LEDGER
+    """A retrying client of the ledger Redis (it never fails over): tests.jobs' own."""
+    return _ledger()
 
 
 def _record(token: str) -> None:

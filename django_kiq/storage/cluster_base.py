@@ -31,21 +31,16 @@ from redis.typing import EncodableT, KeyT
 
 from .control import UniquePush, unique_holders, unique_push_call
 from .keys import ClusterKeys
-from .limits import LimitState, _decode_state, _int, _read_state
+from .limits import LimitState
 from .results import PRIORITY_SCAN_LIMIT
 from .sets import NEEDLES, TRASH_TTL, UNIQUE_PAGE, Leaving, LeavingOf
-from .store import LUA_DIR, LUA_INCLUDE, PUSH_BATCH, REGISTER_EVERY, PollerOutlook, Storage
+from .store import PUSH_BATCH, REGISTER_EVERY, PollerOutlook, Storage, lua_text
 
 #: Scripts over global keys that push onto queues: in cluster mode they push onto outboxes.
 OUTBOX_SCRIPTS = frozenset({"unique_push", "periodic_fire", "batch", "set_move",
                             "set_requeue_batch"})
 RELAY_PAGE = 500
 RELAY_EVERY = 1.0  # seconds between two sweeps of the outboxes by one process
-
-
-def _lua(name: str) -> str:
-    return LUA_INCLUDE.sub(lambda m: (LUA_DIR / m.group(1)).read_text(),
-                           (LUA_DIR / f"{name}.lua").read_text())
 
 
 class _OutboxScript(Script):
@@ -81,8 +76,8 @@ class ClusterBase(Storage):
 
     def _script(self, name: str) -> Script:
         if name in OUTBOX_SCRIPTS:
-            return _OutboxScript(self, _lua(name))
-        return self.client.register_script(_lua(name))
+            return _OutboxScript(self, lua_text(name))
+        return self.client.register_script(lua_text(name))
 
     @property
     def cluster(self) -> RedisCluster:
@@ -150,19 +145,7 @@ class ClusterBase(Storage):
         pipe = self.client.pipeline(transaction=False)
         for name, _ in names:
             pipe.hgetall(self.keys.limit(name, "meta"))
-        metas = [{_text(k): _text(v) for k, v in m.items()} for m in pipe.execute()]
-        pipe = self.client.pipeline(transaction=False)
-        for (name, _), meta in zip(names, metas):
-            _read_state(pipe, meta.get("kind", ""), self.keys.limit(name))
-        out = []
-        for (name, last), meta, raw in zip(names, metas, pipe.execute()):
-            kind = meta.get("kind", "")
-            out.append(LimitState(
-                name=name, last_used=last, kind=kind, size=_int(meta.get("size")),
-                span=_int(meta.get("span")) / 1000.0, acquired=_int(meta.get("acquired")),
-                throttled=_int(meta.get("throttled")), rescheduled=_int(meta.get("rescheduled")),
-                state=_decode_state(kind, raw)))
-        return now, out
+        return now, self._limit_states_of(names, pipe.execute())
 
     # -- queues and outboxes ----------------------------------------------------------------
 
@@ -306,17 +289,7 @@ class ClusterBase(Storage):
         key, trash = self.keys.queue(name), self.keys.queue_trash(name, secrets.token_hex(8))
         count = int(self._set_clear(keys=[key, trash, key], args=["list", "", TRASH_TTL]))
         self.client.srem(self.keys.queues, name)
-        if count and leaving_of is not None:
-            start = 0
-            while start < count:
-                read, *members = self._set_unique_scan(
-                    keys=[trash], args=["list", start, UNIQUE_PAGE, *NEEDLES])
-                self._remove("gone", trash, members, [leaving_of(raw) for raw in members])
-                start += max(1, int(read))
-                if int(read) < UNIQUE_PAGE:
-                    break
-        self.client.unlink(trash)
-        return count
+        return self._empty_trash("list", trash, count, leaving_of)
 
     def record_cancellation(self, jid: str, *, by: str = "", where: str = "",
                             member: bytes = b"", container: str = "",

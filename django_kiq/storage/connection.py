@@ -24,14 +24,10 @@ CONNECT_TIMEOUT = 5.0
 URL_PARTS_FOR_SENTINEL = ("db", "username", "password")
 
 
-def build_client(url: str, cache_alias: str | None, options: dict | None = None, *,
-                 sentinels: Sequence[Sequence] = (), sentinel_master: str | None = None,
-                 sentinel_options: dict | None = None) -> redis.Redis:
-    if cache_alias:
-        from django_redis import get_redis_connection
-
-        return get_redis_connection(cache_alias)
-    kwargs = {
+def _client_kwargs(options: dict | None) -> dict[str, Any]:
+    """Our clients' connection settings (``KIQ["REDIS_OPTIONS"]`` over them): never a blind
+    retry, short connect, keepalive."""
+    return {
         "socket_timeout": SOCKET_TIMEOUT,
         "socket_connect_timeout": CONNECT_TIMEOUT,
         "socket_keepalive": True,
@@ -39,6 +35,16 @@ def build_client(url: str, cache_alias: str | None, options: dict | None = None,
         "retry": Retry(NoBackoff(), 0),
         **(options or {}),
     }
+
+
+def build_client(url: str, cache_alias: str | None, options: dict | None = None, *,
+                 sentinels: Sequence[Sequence] = (), sentinel_master: str | None = None,
+                 sentinel_options: dict | None = None) -> redis.Redis:
+    if cache_alias:
+        from django_redis import get_redis_connection
+
+        return get_redis_connection(cache_alias)
+    kwargs = _client_kwargs(options)
     if sentinels:
         return _sentinel_master(url, kwargs, sentinels, sentinel_master or "",
                                 sentinel_options or {})
@@ -58,14 +64,7 @@ def build_cluster_client(url: str | None, nodes: Sequence[Sequence] = (),
     """
     from redis.cluster import ClusterNode
 
-    kwargs = {
-        "socket_timeout": SOCKET_TIMEOUT,
-        "socket_connect_timeout": CONNECT_TIMEOUT,
-        "socket_keepalive": True,
-        "health_check_interval": 30,
-        "retry": Retry(NoBackoff(), 0),
-        **(options or {}),
-    }
+    kwargs = _client_kwargs(options)
     cls = _cluster_class()
     if url:
         return cls.from_url(url, **kwargs)

@@ -102,20 +102,24 @@ class LimitOps(StorageBase):
         for name, _ in names:
             pipe.hgetall(self.keys.limit(name, "meta"))
         (seconds, micros), *metas = pipe.execute()
-        metas = [{_text(k): _text(v) for k, v in m.items()} for m in metas]
+        return seconds + micros / 1e6, self._limit_states_of(names, metas)
+
+    def _limit_states_of(self, names: Sequence[tuple[str, float]],
+                         metas: Sequence[dict]) -> list[LimitState]:
+        """Each named limiter's state, from its meta hash as read (one more round trip)."""
+        texts = [{_text(k): _text(v) for k, v in m.items()} for m in metas]
         pipe = self.client.pipeline(transaction=False)
-        for (name, _), meta in zip(names, metas):
+        for (name, _), meta in zip(names, texts):
             _read_state(pipe, meta.get("kind", ""), self.keys.limit(name))
-        raws = pipe.execute()
         out = []
-        for (name, last), meta, raw in zip(names, metas, raws):
+        for (name, last), meta, raw in zip(names, texts, pipe.execute()):
             kind = meta.get("kind", "")
             out.append(LimitState(
                 name=name, last_used=last, kind=kind, size=_int(meta.get("size")),
                 span=_int(meta.get("span")) / 1000.0, acquired=_int(meta.get("acquired")),
                 throttled=_int(meta.get("throttled")), rescheduled=_int(meta.get("rescheduled")),
                 state=_decode_state(kind, raw)))
-        return seconds + micros / 1e6, out
+        return out
 
     def limit_reset(self, name: str) -> None:
         """Empty a limiter (its leases, window or log) and zero its counters."""

@@ -261,6 +261,12 @@ class SetOps(StorageBase):
         trash = self.keys.trash(secrets.token_hex(8))
         count = int(self._set_clear(keys=[key, trash, self.keys.queues if queue else key],
                                     args=[kind, queue, TRASH_TTL]))
+        return self._empty_trash(kind, trash, count, leaving_of)
+
+    def _empty_trash(self, kind: str, trash: str, count: int,
+                     leaving_of: LeavingOf | None) -> int:
+        """:meth:`_clear`'s steps after the rename: release what leaves with the ``count``
+        jobs set aside in ``trash``, a page at a time, then UNLINK it. Returns ``count``."""
         if count and leaving_of is not None:
             start = 0
             while start < count:

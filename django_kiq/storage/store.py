@@ -55,6 +55,13 @@ TRANSIENT_ERRORS = (
 RedisError = redis.exceptions.RedisError
 
 
+def lua_text(name: str) -> str:
+    """The text of script ``name``.lua. Lua cannot import: "-- include: x.lua" pastes a shared
+    library in (batch_lib.lua)."""
+    return LUA_INCLUDE.sub(lambda m: (LUA_DIR / m.group(1)).read_text(),
+                           (LUA_DIR / f"{name}.lua").read_text())
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settle:
     """One job leaving an in-progress list: where it goes (see settle.lua for kinds)."""
@@ -132,10 +139,7 @@ class Storage(SetOps, PeriodicOps, ResultOps, ControlOps, BatchOps, LimitOps):
                        dead_timeout=self.dead_timeout)
 
     def _script(self, name: str) -> Script:
-        # Lua cannot import: "-- include: x.lua" pastes a shared library in (batch_lib.lua).
-        text = LUA_INCLUDE.sub(lambda m: (LUA_DIR / m.group(1)).read_text(),
-                               (LUA_DIR / f"{name}.lua").read_text())
-        return self.client.register_script(text)
+        return self.client.register_script(lua_text(name))
 
     # -- client side -------------------------------------------------------------------------
 
