@@ -26,7 +26,7 @@ from django_kiq.worker.fetcher import Fetcher, QueueOrder, recover_orphans
 from django_kiq.worker.manager import Manager
 from django_kiq.worker.processor import Processor
 from tests import fault_jobs, jobs
-from tests.conftest import fill_redis, private_redis, wait_for
+from tests.conftest import fill_redis, private_redis, run_as_worker, wait_for
 
 ENV = {"KIQ_IMPORTS": "tests.jobs,tests.fault_jobs"}
 
@@ -87,8 +87,7 @@ def test_a_task_calling_sys_exit_ends_failed_and_finished_fires(redis_client):
     try:
         result = fault_jobs.exit_task.enqueue()
         raw = redis_client.rpop("queue:default")
-        outcome = Processor(settings=get_settings(), counters=Counters()).process(
-            "default", raw, "kiq-processor-0")
+        outcome = run_as_worker(raw)  # the task's end is recorded in its settle step
     finally:
         task_finished.disconnect(on_finished)
     assert outcome.kind == "dead"  # the backend's retry 0: its only attempt
