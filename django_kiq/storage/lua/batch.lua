@@ -55,45 +55,38 @@ if string.find(flags, 'c', 1, true) then
   end
 end
 
--- The jobs, run by run: a run's pushes in LPUSHes of up to 1,000 values (pushed one after the
--- other, as that many LPUSHes would), its queue added to `queues`; the jids join pending in
--- SADDs of up to 1,000.
+-- The jobs, run by run, 1,000 at a time: their jids join pending in one SADD, a queue run's
+-- payloads are pushed in one LPUSH (which pushes its values one after the other, as that many
+-- LPUSHes would), its queue name added to `queues` once.
 local dest = 7 + 4 * nanc
-local nj, jids = 0, {}
-local function join(jid)
-  jids[#jids + 1] = jid
-  if #jids == 1000 then
-    redis.call('SADD', pending, unpack(jids))
-    jids = {}
-  end
-end
+local nj = 0
 for r = 1, nruns do
   local kind, where, n = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
   local key = KEYS[dest + r]
   a = a + 3
-  if kind == 'q' then
-    redis.call('SADD', KEYS[6], where)
-    local values = {}
-    for _ = 1, n do
-      join(ARGV[a + 1])
-      values[#values + 1] = ARGV[a + 2]
-      a = a + 2
-      if #values == 1000 then
-        redis.call('LPUSH', key, unpack(values))
-        values = {}
+  if kind == 'q' then redis.call('SADD', KEYS[6], where) end
+  local done = 0
+  while done < n do
+    local m = math.min(1000, n - done)
+    local ids, values = {}, {}
+    if kind == 'q' then
+      for i = 1, m do
+        ids[i], values[i] = ARGV[a + 1], ARGV[a + 2]
+        a = a + 2
+      end
+      redis.call('LPUSH', key, unpack(values))
+    else
+      for i = 1, m do
+        ids[i] = ARGV[a + 1]
+        redis.call('ZADD', key, ARGV[a + 2], ARGV[a + 3])
+        a = a + 3
       end
     end
-    if #values > 0 then redis.call('LPUSH', key, unpack(values)) end
-  else
-    for _ = 1, n do
-      join(ARGV[a + 1])
-      redis.call('ZADD', key, ARGV[a + 2], ARGV[a + 3])
-      a = a + 3
-    end
+    redis.call('SADD', pending, unpack(ids))
+    done = done + m
   end
   nj = nj + n
 end
-if #jids > 0 then redis.call('SADD', pending, unpack(jids)) end
 if nj > 0 then
   redis.call('HINCRBY', h, 'total', nj)
   redis.call('EXPIRE', pending, ttl)
