@@ -161,6 +161,8 @@ def tagging_middleware(next_push):
     return push
 
 
+# The child only takes three jids and exits: safe even when the test process has threads.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_jids_are_unique_across_a_fork(redis_client):
     import os
 
