@@ -64,22 +64,6 @@ class BatchPush(NamedTuple):
     at: float | None = None
 
 
-def _runs(jobs: Sequence[BatchPush]) -> list[tuple[str | None, list[BatchPush]]]:
-    """``jobs`` cut into runs of consecutive pushes to one queue (or to the schedule set:
-    None), in order: batch.lua takes a run's keys and names once (most calls are one run)."""
-    runs: list[tuple[str | None, list[BatchPush]]] = []
-    current: list[BatchPush] | None = None
-    last: object = object()
-    for job in jobs:
-        where = job.queue if job.at is None else None
-        if current is None or where != last:
-            current = []
-            runs.append((where, current))
-            last = where
-        current.append(job)
-    return runs
-
-
 def _flat(fields: Mapping[str, str] | Sequence[tuple[str, str]]) -> list[str]:
     pairs = fields.items() if isinstance(fields, Mapping) else fields
     return [item for pair in pairs for item in pair]
@@ -161,19 +145,27 @@ class BatchOps(StorageBase):
             "s" if seal is not None else "")
         args: list = [flags, len(ancestors), ttl, len(create or {}), *_flat(create or {})]
         args += [len(seal or ()), *[v for cb in (seal or ()) for v in cb]]
-        runs = _runs(jobs)
-        args.append(len(runs))
-        for queue, items in runs:
-            if queue is not None:
-                keys.append(k.queue(queue))
-                args += ["q", queue, len(items)]
-                for job in items:
-                    args += [job.jid, job.raw]
+        # The jobs as runs of consecutive pushes to one queue (or to the schedule set), in
+        # order: a run's key and name once, then its jobs (most calls are one run).
+        runs_at, runs, count_at, count = len(args), 0, 0, 0
+        last: str | None = None
+        args.append(0)
+        for job in jobs:
+            where = job.queue if job.at is None else None  # None: the schedule set
+            if runs == 0 or where != last:
+                if runs:
+                    args[count_at] = count
+                keys.append(k.schedule if where is None else k.queue(where))
+                args += ("z", "", 0) if where is None else ("q", where, 0)
+                runs, count_at, count, last = runs + 1, len(args) - 1, 0, where
+            if where is not None:
+                args += (job.jid, job.raw)
             else:
-                keys.append(k.schedule)
-                args += ["z", "", len(items)]
-                for job in items:
-                    args += [job.jid, repr(float(job.at or 0)), job.raw]
+                args += (job.jid, repr(float(job.at or 0)), job.raw)
+            count += 1
+        if runs:
+            args[count_at] = count
+        args[runs_at] = runs
         return int(self._batch(keys=keys, args=args)) == 1
 
     # -- batches: reading ----------------------------------------------------------------------
