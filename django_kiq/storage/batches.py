@@ -150,8 +150,8 @@ class BatchOps(StorageBase):
         runs_at, runs, count_at, count = len(args), 0, 0, 0
         last: str | None = None
         args.append(0)
-        for job in jobs:
-            where = job.queue if job.at is None else None  # None: the schedule set
+        for jid, raw, queue, at in jobs:  # unpacked: a tuple's fields, read per job
+            where = queue if at is None else None  # None: the schedule set
             if runs == 0 or where != last:
                 if runs:
                     args[count_at] = count
@@ -159,9 +159,9 @@ class BatchOps(StorageBase):
                 args += ("z", "", 0) if where is None else ("q", where, 0)
                 runs, count_at, count, last = runs + 1, len(args) - 1, 0, where
             if where is not None:
-                args += (job.jid, job.raw)
+                args += (jid, raw)
             else:
-                args += (job.jid, repr(float(job.at or 0)), job.raw)
+                args += (jid, repr(float(at or 0)), raw)
             count += 1
         if runs:
             args[count_at] = count
