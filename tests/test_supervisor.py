@@ -260,16 +260,32 @@ def test_a_stuck_child_is_replaced_and_its_job_fails_with_job_timeout(worker_fac
     assert worker.wait(timeout=20) == 0, worker.output()
 
 
-def test_a_child_dying_at_start_is_restarted_with_backoff(worker_factory, redis_client):
-    # Worker 0 serves metrics on PORT + 0, which the test holds: it dies at every start.
+def _port_held_with_the_next_free():
+    """A listening socket on a port P whose P + 1 is free (worker 1's metrics port). Both are
+    below the ephemeral range, where no outgoing connection (to Redis, say) takes a port."""
+    import random
     import socket
 
-    from tests.conftest import free_port
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    for _ in range(100):
+        port = random.randrange(max(1024, low - 10_000), low - 1)
+        holder, probe = socket.socket(), socket.socket()
+        try:
+            holder.bind(("0.0.0.0", port))
+            probe.bind(("0.0.0.0", port + 1))
+        except OSError:
+            holder.close()
+            continue
+        finally:
+            probe.close()
+        holder.listen()
+        return holder, port
+    raise AssertionError("no free pair of neighbouring ports")
 
-    holder = socket.socket()
-    holder.bind(("0.0.0.0", free_port()))
-    holder.listen()
-    port = holder.getsockname()[1]
+
+def test_a_child_dying_at_start_is_restarted_with_backoff(worker_factory, redis_client):
+    # Worker 0 serves metrics on PORT + 0, which the test holds: it dies at every start.
+    holder, port = _port_held_with_the_next_free()
     try:
         worker = start(worker_factory, "2", "-c", "1", "--metrics-port", str(port))
         wait_for(lambda: "died 3 times at start; next start in 1.0s" in worker.output(),
