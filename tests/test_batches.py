@@ -11,7 +11,6 @@ import time
 import pytest
 
 from django_kiq import api, batch, chain, group
-from django_kiq.batches import BatchStatus
 from tests import workflow_jobs as wj
 from tests.conftest import wait_for
 

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from django_kiq import api, payload, storage
+from django_kiq import api, payload
 from django_kiq.storage import Heartbeat
 from tests.conftest import ROOT
 

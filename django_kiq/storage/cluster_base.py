@@ -33,7 +33,7 @@ from .control import UniquePush, unique_holders, unique_push_call
 from .keys import ClusterKeys
 from .limits import LimitState
 from .results import PRIORITY_SCAN_LIMIT
-from .sets import NEEDLES, TRASH_TTL, UNIQUE_PAGE, Leaving, LeavingOf
+from .sets import TRASH_TTL, Leaving, LeavingOf
 from .store import PUSH_BATCH, REGISTER_EVERY, PollerOutlook, Storage, lua_text
 
 #: Scripts over global keys that push onto queues: in cluster mode they push onto outboxes.
