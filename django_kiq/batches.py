@@ -49,15 +49,27 @@ def current() -> "Batch | None":
     return _current.get()
 
 
+#: bid -> (bid,): the lineage of an un-nested batch's jobs, checked once per bid rather than
+#: per job (a worker draining a batch asks for it per job). Cleared when it reaches
+#: _KNOWN_MAX bids, so a long-lived worker holds no more than that.
+_known: dict[str, tuple[str]] = {}
+_KNOWN_MAX = 4096
+
+
 def lineage_of(job: dict[str, Any]) -> tuple[str, ...]:
     """A job hash's batch, then the batch's ancestors; () if none. Read from Redis: a
     malformed value means no batch (never a key built from junk)."""
     bid = job.get("bid")
-    if not isinstance(bid, str) or not BID.match(bid):
-        return ()
     parents = job.get("kiq_parent_bids")
     if not parents:  # most jobs: no nesting (checked first: a worker runs this per job)
-        return (bid,)
+        known = _known.get(bid) if type(bid) is str else None
+        if known is None and isinstance(bid, str) and BID.match(bid):
+            if len(_known) >= _KNOWN_MAX:
+                _known.clear()
+            known = _known[bid] = (bid,)
+        return known or ()
+    if not isinstance(bid, str) or not BID.match(bid):
+        return ()
     if not isinstance(parents, list) or len(parents) >= MAX_DEPTH or not all(
             isinstance(p, str) and BID.match(p) for p in parents):
         return (bid,)

@@ -5,7 +5,8 @@ Called by the worker's processor, on the processor thread, only for a job that a
 the start and wires ``current_job().progress()`` and ``current_job().batch``;
 :func:`on_outcome` adds a :class:`~django_kiq.storage.ResultWrite` and a
 :class:`~django_kiq.storage.BatchMark` to the job's outcome, which the manager writes in the
-job's settle step. :func:`record_enqueued` is the client's "queued" record. The mapping from an
+job's settle step; :func:`success_mark` is that count for a batch job's success, built before
+it runs. :func:`record_enqueued` is the client's "queued" record. The mapping from an
 outcome to a status and a batch count is pure (:func:`status_of`).
 """
 
@@ -96,16 +97,7 @@ def on_outcome(outcome: Any, job: dict[str, Any], value: Any, settings: KiqSetti
     """``outcome`` with its result record and batch count added (unchanged if neither)."""
     lineage = batches.lineage_of(job) if "bid" in job else ()
     ttl = result_ttl(job, settings)
-    kind = outcome.kind
-    if ttl is None and kind == "done" and hasattr(outcome, "_replace"):
-        # Most of a batch's drain: a success to count, nothing else (µs per job, so direct).
-        if not lineage:
-            return outcome
-        success = storage.BatchMark(lineage, str(job.get("jid")), "s", settings.batch_ttl)
-        if not (outcome.unlock or outcome.drop_cursor):  # a bare ack: build, not copy
-            return type(outcome)(kind="done", raw=outcome.raw, batch=success)
-        return outcome._replace(batch=success)
-    status, finished, count = status_of(kind)
+    status, finished, count = status_of(outcome.kind)
     mark = None
     if lineage and count is not None:
         mark = storage.BatchMark(bids=lineage, member=str(job.get("jid")), outcome=count,
@@ -136,6 +128,17 @@ def on_outcome(outcome: Any, job: dict[str, Any], value: Any, settings: KiqSetti
     import dataclasses
 
     return dataclasses.replace(outcome, **changes)
+
+
+def success_mark(job: dict[str, Any], settings: KiqSettings) -> storage.BatchMark | None:
+    """What counts ``job`` as succeeded in its batch (and the batch's ancestors), or None if
+    it is in none. The processor builds it before a batch job that keeps no result runs, so
+    the job's done outcome carries it from the start (most of a batch's drain, µs per job);
+    any other outcome goes through :func:`on_outcome`."""
+    lineage = batches.lineage_of(job)
+    if not lineage:
+        return None
+    return storage.BatchMark(lineage, str(job.get("jid")), "s", settings.batch_ttl)
 
 
 def requeued_cleanups(job: dict[str, Any], status: str = "queued",

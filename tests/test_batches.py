@@ -11,6 +11,7 @@ import time
 import pytest
 
 from django_kiq import api, batch, chain, group
+from tests import jobs
 from tests import workflow_jobs as wj
 from tests.conftest import wait_for
 
@@ -44,6 +45,50 @@ def test_signatures_are_validated_like_enqueue():
         batch(on_success=wj.ledger)
 
 
+def test_a_jobs_lineage_is_read_only_from_well_formed_bids(monkeypatch):
+    """The worker reads a job's batch from its hash (from Redis): junk means no batch, never a
+    key built from it; an un-nested batch's lineage is remembered per bid, up to a bound."""
+    from django_kiq import batches
+
+    assert batches.lineage_of({"bid": "abc"}) == ("abc",)
+    assert batches.lineage_of({"bid": "abc"}) is batches.lineage_of({"bid": "abc"})
+    for junk in ("", "a b", "x" * 65, "k:*", 5, None, ["a"], {"a": 1}):
+        assert batches.lineage_of({"bid": junk}) == ()
+        assert batches.lineage_of({"bid": junk, "kiq_parent_bids": ["p"]}) == ()
+    assert batches.lineage_of({"bid": "a", "kiq_parent_bids": ["p", "g"]}) == ("a", "p", "g")
+    assert batches.lineage_of({"bid": "a", "kiq_parent_bids": ["p q"]}) == ("a",)
+    assert batches.lineage_of({"bid": "a", "kiq_parent_bids": "p"}) == ("a",)
+    monkeypatch.setattr(batches, "_known", {})
+    monkeypatch.setattr(batches, "_KNOWN_MAX", 10)
+    for i in range(25):
+        assert batches.lineage_of({"bid": f"b{i}"}) == (f"b{i}",)
+        assert len(batches._known) <= 10
+
+
+@pytest.mark.parametrize(("name", "kind", "count"), [
+    ("noop", "done", "s"), ("fail", "retry", "f"), ("fail_to_dead", "dead", "d"),
+    ("fail_no_retry", "discard", "f"),
+])
+def test_each_outcome_of_a_batch_job_carries_its_count(name, kind, count):
+    """A batch job keeping no result takes the processor's lean path (its success count built
+    before it runs); every other outcome is still counted as on_outcome says."""
+    from django_kiq import payload
+    from django_kiq.conf import get_settings
+    from django_kiq.stats import Counters
+    from django_kiq.worker.processor import Processor
+
+    settings = get_settings()
+    job = getattr(jobs, name).s().job_hash(settings=settings, lineage=("b1", "p1"), jid="j1")
+    raw = payload.encode(job)
+    outcome = Processor(settings=settings, counters=Counters()).process("default", raw, "t")
+    assert (outcome.kind, outcome.result) == (kind, None)
+    assert tuple(outcome.batch) == (("b1", "p1"), "j1", count, settings.batch_ttl)
+    unique = payload.encode({**job, "class": jobs.noop.name, "kiq_unique": "k",
+                             "kiq_unique_for": 60})
+    done = Processor(settings=settings, counters=Counters()).process("default", unique, "t")
+    assert (done.kind, done.batch.outcome, done.jid) == ("done", "s", "j1")
+
+
 def test_jobs_enqueued_in_the_block_join_the_batch_atomically(redis_client):
     with batch(description="three", on_success=wj.ledger.s("s")) as b:
         jids = [wj.work.enqueue(f"t{i}") for i in range(3)]
@@ -58,12 +103,18 @@ def test_jobs_enqueued_in_the_block_join_the_batch_atomically(redis_client):
     assert queued.fields["bid"] == b.bid
 
 
-def test_one_push_of_many_runs_keeps_every_jobs_place_and_membership(store, redis_client):
-    """batch.lua takes a call's jobs as runs (consecutive pushes to one queue, or to the
-    schedule set): pushes to two queues and the schedule set, interleaved, keep their order in
-    each queue, their scores, and all join pending; a run longer than one LPUSH's 1,000 too."""
+@pytest.mark.parametrize("path", ["multi", "script"])
+def test_one_push_of_many_runs_keeps_every_jobs_place_and_membership(store, redis_client,
+                                                                     path, monkeypatch):
+    """A call's jobs go as runs (consecutive pushes to one queue, or to the schedule set), in
+    one MULTI on a single Redis ("multi") or through batch.lua ("script": Redis Cluster, and
+    calls that create or seal the batch too): pushes to two queues and the schedule set,
+    interleaved, keep their order in each queue, their scores, and all join pending; a run
+    longer than one LPUSH's 1,000 too."""
     from django_kiq.storage import BatchPush
 
+    if path == "script":
+        monkeypatch.setattr(store, "multi_spans_queues", False)
     with batch(description="runs") as b:
         pass  # an empty sealed batch to push into
     now = time.time()

@@ -29,6 +29,9 @@ class StorageBase:
     #: Multi-queue reads (the dashboard's snapshot) in one MULTI; not on Redis Cluster, where
     #: queues live on different nodes (storage/cluster.py).
     atomic_snapshots: bool = True
+    #: A MULTI may write a queue and the global keys together (a batch's pushes: batches.py);
+    #: not on Redis Cluster, where a script pushes through the queue's outbox instead.
+    multi_spans_queues: bool = True
 
     if TYPE_CHECKING:  # defined by Storage (store.py)
         def _script(self, name: str) -> Script: ...

@@ -104,20 +104,25 @@ class BatchOps(StorageBase):
         only cleanup is their success in a batch: a :class:`Succeeded` or the like): their
         keys and arguments, and the positions in the order settle.lua answers for them. Per
         group (jobs of one batch) the batch's keys once, per job only its payload and jid."""
-        groups: dict[tuple[tuple[str, ...], int], list[tuple[int, Any]]] = {}
-        for item in entries:
-            mark = item[1].batch
-            groups.setdefault((mark.bids, mark.ttl), []).append(item)
+        # (bids, ttl) -> (positions, [payload, jid, payload, jid...]): built in one pass, as
+        # the fetcher's pass of a batch's drain sends tens of these per round trip.
+        groups: dict[tuple[tuple[str, ...], int], tuple[list[int], list]] = {}
+        for position, e in entries:
+            mark = e.batch
+            group = groups.get((mark.bids, mark.ttl))
+            if group is None:
+                group = groups[(mark.bids, mark.ttl)] = ([], [])
+            group[0].append(position)
+            group[1].extend((e.old, mark.member))
         keys: list[str] = [self.keys.schedule] if groups else []
         args: list = [len(groups)]
         order: list[int] = []
-        for (bids, ttl), items in groups.items():
+        for (bids, ttl), (positions, members) in groups.items():
             for bid in bids:
                 keys += self._batch_keys(bid)
-            args += [len(bids), ttl, len(items)]
-            for position, e in items:
-                order.append(position)
-                args += [e.old, e.batch.member]
+            args += [len(bids), ttl, len(positions)]
+            args += members
+            order += positions
         return keys, args, order
 
     def _batch_keys(self, bid: str) -> list[str]:
@@ -137,6 +142,9 @@ class BatchOps(StorageBase):
         ``only_new`` with ``create``: do nothing and return False if the batch exists (so a
         retried workflow step writes its batch once).
         """
+        if create is None and seal is None and jobs and self.multi_spans_queues:
+            self._batch_push(bid, ttl, jobs)
+            return True
         k = self.keys
         keys = [*self._batch_keys(bid), k.batches, k.queues, k.schedule]
         for ancestor in ancestors:
@@ -167,6 +175,51 @@ class BatchOps(StorageBase):
             args[count_at] = count
         args[runs_at] = runs
         return int(self._batch(keys=keys, args=args)) == 1
+
+    def _batch_push(self, bid: str, ttl: int, jobs: Sequence[BatchPush]) -> None:
+        """Push ``jobs`` into the batch in one MULTI: what batch.lua does for jobs alone, as
+        plain commands (no condition decides any of them), without the script's copy of every
+        argument into Lua: about half the batch's enqueue cost on the Redis side. Jobs keep
+        their order: one LPUSH or ZADD per run of consecutive jobs with one destination."""
+        k = self.keys
+        pipe = self.client.pipeline(transaction=True)
+        queues: set[str] = set()
+        jids: list[str] = []
+        run: list = []
+        last: str | None = None
+        for jid, raw, queue, at in jobs:  # unpacked: a tuple's fields, read per job
+            jids.append(jid)
+            where = queue if at is None else None  # None: the schedule set
+            if where != last or not run:  # a new run (run is empty only before the first)
+                if run:
+                    self._push_run(pipe, last, run)
+                    run = []
+                if where is not None:
+                    queues.add(where)
+            last = where
+            if where is None:
+                run += (raw, at)
+            else:
+                run.append(raw)
+        self._push_run(pipe, last, run)
+        if queues:
+            pipe.sadd(k.queues, *queues)
+        pending = k.batch_set(bid, "pending")
+        for start in range(0, len(jids), 1000):
+            pipe.sadd(pending, *jids[start:start + 1000])
+        pipe.hincrby(k.batch(bid), "total", len(jids))
+        pipe.expire(pending, ttl)
+        pipe.execute()
+
+    def _push_run(self, pipe: Any, where: str | None, run: list) -> None:
+        """One run of :meth:`_batch_push`: payloads onto a queue (``where``), or (payload, at)
+        pairs, flattened, into the schedule set (``where`` None)."""
+        if where is not None:
+            for start in range(0, len(run), 1000):
+                pipe.lpush(self.keys.queue(where), *run[start:start + 1000])
+        else:
+            pipe.zadd(self.keys.schedule, {run[i]: float(run[i + 1] or 0)
+                                           for i in range(0, len(run), 2)})
 
     # -- batches: reading ----------------------------------------------------------------------
 

@@ -69,6 +69,7 @@ class ClusterBase(Storage):
     keys: ClusterKeys
     # Reads over many queues come from several nodes: no MULTI can span them (sets.py).
     atomic_snapshots = False
+    multi_spans_queues = False
 
     def __init__(self, client: Any, keys: ClusterKeys, **kwargs: Any):
         self._next_sweep = 0.0  # monotonic time of the next outbox sweep (relay_all)

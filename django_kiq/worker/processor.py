@@ -60,6 +60,9 @@ class JobContext:
     current: CurrentJob | None = None  # what current_job() returns inside the job
     value: Any = None  # what the job returned (its result record keeps it: docs/workflows.md)
     reschedule: Any = None  # limit_rules.Reschedule: the job met a full limiter (limits.py)
+    # A batch job keeping no result: its success count (storage.BatchMark), which its done
+    # outcome carries (workflows.success_mark); None for any other job.
+    batch: Any = None
     # How an async job run on the worker's event loop ended (worker/aio.py's Awaited).
     awaited: Awaited | None = None
 
@@ -149,8 +152,10 @@ class Processor:
         end is replayed, see worker/aio.py), or the outcome of a job that did not start."""
         if isinstance(admitted, JobContext):
             job = admitted.job
-            if "bid" in job or "kiq_result_ttl" in job or self.settings.result_ttl:
+            if "kiq_result_ttl" in job or self.settings.result_ttl:
                 return self._workflow(admitted)
+            if "bid" in job:
+                return self._batch_member(admitted)
             return self.complete(admitted)
         if admitted.kind in ("cancelled", "expired") and b'"bid"' in raw:
             return workflows.on_outcome(admitted, payload.decode(raw), None, self.settings)
@@ -164,6 +169,18 @@ class Processor:
                            touch=self.control.on_change if self.control is not None else None)
         outcome = self.complete(ctx)
         return workflows.on_outcome(outcome, ctx.job, ctx.value, self.settings)
+
+    def _batch_member(self, ctx: JobContext) -> Outcome:
+        """A job of a batch that keeps no result (most of a batch's drain): its success count
+        is built before it runs, so a done outcome carries it as built (:meth:`_done`), with
+        no second pass over the outcome; any other outcome is counted by ``on_outcome``."""
+        assert ctx.current is not None  # admit() set it
+        ctx.current.extras["batch"] = ctx.job  # CurrentJob.batch reads its lineage, if asked
+        ctx.batch = workflows.success_mark(ctx.job, self.settings)
+        outcome = self.complete(ctx)
+        if outcome.kind == "done":
+            return outcome
+        return workflows.on_outcome(outcome, ctx.job, None, self.settings)
 
     def admit(self, queue: str, raw: bytes, thread: str) -> JobContext | Outcome:
         """Decode a fetched job and check that it may start: its context, or the outcome of a
@@ -260,10 +277,11 @@ class Processor:
     def _done(self, ctx: JobContext) -> Outcome:
         job = ctx.job
         if "kiq_unique" not in job and "kiq_iterable" not in job:
-            return Outcome(kind="done", raw=ctx.raw)  # nothing ends with it: a batched ack
+            # Nothing ends with it: a batched ack (or a batched count in its batch).
+            return Outcome(kind="done", raw=ctx.raw, batch=ctx.batch)
         lock = "" if job.get("kiq_unique_until") == "start" else unique.lock_of(job)
         return Outcome(kind="done", raw=ctx.raw, unlock=lock, jid=ctx.jid,
-                       drop_cursor=bool(job.get("kiq_iterable")))
+                       drop_cursor=bool(job.get("kiq_iterable")), batch=ctx.batch)
 
     def last_resort(self, queue: str, raw: bytes, exc: BaseException) -> Outcome:
         """Dead, with the reason: for a job whose failure could not be handled the normal way.

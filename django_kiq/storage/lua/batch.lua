@@ -19,6 +19,11 @@
 -- outside its batch or a member without its job. A batch completes only once sealed (the
 -- `with batch()` block ended): its first jobs may finish before the last one is added.
 -- Returns 1, or 0 when "cx" found the batch already there (nothing done).
+--
+-- On a single Redis, a call that only pushes jobs (every `enqueue` inside `with batch()`) runs
+-- the same commands in one MULTI instead (storage/batches.py, _batch_push): nothing here
+-- decides them, and the script's copy of each argument into Lua doubled the push's cost. This
+-- script pushes when the call also creates or seals, and on Redis Cluster (through outboxes).
 
 -- include: batch_lib.lua
 
