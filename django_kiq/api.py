@@ -23,14 +23,15 @@ from .controls import (Checkpoint, UniqueLock, checkpoint, expires_at_of, lock_p
 from .batches import BatchStatus as Batch  # noqa: F401 - api.Batch(bid): a batch's status
 from .exceptions import MalformedPayload
 from .limits import LimitRecord, records as limits, reset as reset_limit
-from .records import (DEFAULT_QUEUE, JobMetrics, JobRecord, ProcessRecord, QueueState,
-                      SearchPage, WorkRecord, decode_record, jid_needle, job_metrics,
+from .records import (DEFAULT_QUEUE, JobMetrics, JobRecord, Location, ProcessRecord,
+                      QueueState, SearchPage, WorkRecord, decode_record, jid_needle, job_metrics,
                       member_digest, parse_key, parse_queue_key, process_record, queue_key)
 
 __all__ = ["cancel", "unique_lock", "checkpoint", "timeout_of", "expires_at_of", "UniqueLock",
            "Checkpoint", "Stats", "Queue", "JobSet", "ScheduledSet", "RetrySet", "DeadSet",
            "ProcessSet", "Metrics", "JobRecord", "SearchPage", "ProcessRecord", "WorkRecord",
-           "JobMetrics", "QueueState", "decode_record", "limits", "reset_limit", "LimitRecord"]
+           "JobMetrics", "QueueState", "decode_record", "limits", "reset_limit", "LimitRecord",
+           "locate", "Location"]
 
 PAGE = 25
 SCAN_PAGE = 1000  # members per LRANGE / ZSCAN step while searching
@@ -472,6 +473,36 @@ class ProcessSet:
         identities = [p.identity for p in self.list()]
         self._store.send_signal(identities, name)
         return len(identities)
+
+
+# -- finding a job by its jid -------------------------------------------------------------
+
+def locate(jid: str, *, store: storage.Storage | None = None) -> Location | None:
+    """Where the job ``jid`` waits or runs now, or None if it is nowhere (finished, deleted,
+    or never there).
+
+    Looks where a job goes next in its life: the schedule set, the queues, the running jobs,
+    the retry set, the dead set; each read a page at a time (a queue or set of a million jobs
+    is scanned, never loaded whole: a slow call on such a queue, for a page's link or a shell).
+    A job that moves while the search runs may be missed: None means "not found just now".
+    """
+    store = store or storage.get_default()
+    scheduled = ScheduledSet(store=store).find(jid)
+    if scheduled is not None:
+        return Location(place=ScheduledSet.name, name=ScheduledSet.name, record=scheduled)
+    for queue in Queue.all(store=store):
+        queued = queue.find(jid)
+        if queued is not None:
+            return Location(place="queue", name=queue.name, record=queued)
+    for process in ProcessSet(store=store).list():
+        for work in process.work:
+            if work.job.jid == jid:
+                return Location(place="busy", name=process.identity, record=work.job)
+    for job_set in (RetrySet, DeadSet):
+        found = job_set(store=store).find(jid)
+        if found is not None:
+            return Location(place=job_set.name, name=job_set.name, record=found)
+    return None
 
 
 # -- metrics ----------------------------------------------------------------------------------

@@ -281,9 +281,14 @@ class BatchStatus:
         """Move the batch's failed jobs waiting in the retry set to their queues now."""
         from .api import RetrySet
 
-        jids = [j for j in self.failed_jids(100_000) if not j.startswith("b:")]
+        jids = {j for j in self.failed_jids(100_000) if not j.startswith("b:")}
+        if not jids:
+            return 0
+        # One scan of the retry set for members naming the bid (ZSCAN MATCH), not one per jid.
         retries = RetrySet()
-        return retries.retry_now([r for r in (retries.find(j) for j in jids) if r is not None])
+        found = [record for record in retries.filter(self.bid, limit=len(jids) * 2 + 100)
+                 if record.jid in jids and record.fields.get("bid") == self.bid]
+        return retries.retry_now(found)
 
 
 def recent(start: int = 0, count: int = 25) -> tuple[int, list[BatchStatus]]:

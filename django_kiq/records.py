@@ -196,6 +196,17 @@ class WorkRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Location:
+    """Where :func:`django_kiq.api.locate` found a job: ``place`` is "queue", "busy" (running)
+    or a job set's name ("schedule", "retry", "dead"); ``name`` the queue's name, the process's
+    identity, or the set's name again; ``record`` the job as found there."""
+
+    place: str
+    name: str
+    record: JobRecord
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ProcessRecord:
     identity: str
     hostname: str

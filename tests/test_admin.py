@@ -626,6 +626,99 @@ def test_metrics_table_and_histogram(admin_client, store):
     assert admin_client.get(url("metrics") + "?hours=5").context["hours"] == 1
 
 
+# -- batches and finding a job -----------------------------------------------------------------
+
+
+def _move(redis_client, store, jid: str, set_name: str, at: float) -> bytes:
+    """Take a queued job out of its queue and into a job set, unchanged (test data)."""
+    record = api.Queue("default").find(jid)
+    assert redis_client.lrem("queue:default", 1, record.raw) == 1
+    if set_name:
+        fill(store, set_name, [record.raw], start=at)
+    return record.raw
+
+
+def test_a_batch_page_links_each_job_to_its_page_wherever_it_is(
+        admin_client, user_client, store, redis_client, django_capture_on_commit_callbacks):
+    """The batch page links every member to find/<jid>/, which sends the user to the job's page
+    in its queue or set, to Busy while it runs, or says it is nowhere (api.locate)."""
+    from django_kiq import batch
+
+    with django_capture_on_commit_callbacks(execute=True):
+        with batch(description=f"members {XSS}") as b:
+            queued, later, retrying, dead, running, gone = (
+                jobs.record.enqueue(name) for name in ("q", "s", "r", "d", "b", "g"))
+    _move(redis_client, store, later, "schedule", time.time() + 3600)
+    _move(redis_client, store, retrying, "retry", time.time() + 600)
+    _move(redis_client, store, dead, "dead", time.time() - 5)
+    raw = _move(redis_client, store, running, "", 0)
+    beat(store, "h:1:a", work={"kiq-processor-0": json.dumps(
+        {"queue": "default", "payload": raw.decode(), "run_at": time.time()})}, busy=1)
+    _move(redis_client, store, gone, "", 0)
+    page = admin_client.get(url("batch", b.bid)).text
+    assert XSS not in page and ESCAPED in page
+    for jid in (queued, later, retrying, dead, running, gone):
+        assert f'href="{url("find", jid)}"' in page
+    located = {jid: admin_client.get(url("find", jid)) for jid in (queued, later, retrying, dead)}
+    assert located[queued]["Location"] == url(
+        "queue_job", "default", api.Queue("default").find(queued).key)
+    for jid, slug, set_class in ((later, "scheduled", api.ScheduledSet),
+                                 (retrying, "retries", api.RetrySet),
+                                 (dead, "dead", api.DeadSet)):
+        assert located[jid]["Location"] == url("job", slug, set_class().find(jid).key)
+    assert admin_client.get(located[retrying]["Location"]).status_code == 200
+    busy = admin_client.get(url("find", running), follow=True)
+    assert f"Job {running} (tests.jobs.record) is running in process h:1:a." in (
+        follow_messages(busy))
+    nowhere = admin_client.get(url("find", gone))
+    assert nowhere.status_code == 200 and "is not waiting or running" in nowhere.text
+    escaped = admin_client.get(url("find", XSS))
+    assert escaped.status_code == 200 and XSS not in escaped.text and ESCAPED in escaped.text
+    assert user_client("view_jobs").get(url("find", queued)).status_code == 302
+    assert user_client("manage_jobs").get(url("find", queued)).status_code == 403
+
+
+def test_a_batch_page_retries_its_failed_jobs_now(admin_client, user_client, store,
+                                                  redis_client,
+                                                  django_capture_on_commit_callbacks):
+    """"Retry failed jobs now" moves the batch's failed jobs waiting in the retry set (found in
+    one scan of the set) to their queues; POST only, for staff who may manage jobs."""
+    from django_kiq import batch, storage
+
+    with django_capture_on_commit_callbacks(execute=True):
+        with batch(description="failing") as b:
+            failing = jobs.fail.enqueue("x")
+            fine = jobs.record.enqueue("y")
+    fill(store, "retry", [failed_raw(i) for i in range(3)])  # other jobs' retries stay
+    moved = store.fetch("p1", ["default"], 2)[0]
+    entries = []
+    for _, raw in moved:
+        job = payload.decode(raw)
+        mark = storage.BatchMark(bids=(b.bid,), member=job["jid"],
+                                 outcome="f" if job["jid"] == failing else "s", ttl=60)
+        if job["jid"] == failing:
+            job.update(retry_count=0, error_class="ValueError", error_message="x",
+                       failed_at=time.time())
+            entries.append(storage.Settle(kind="z", old=raw, new=payload.encode(job),
+                                          dest="retry", score=time.time() + 600, batch=mark))
+        else:
+            entries.append(storage.Settle(kind="x", old=raw, batch=mark))
+    assert store.settle("p1", entries) == [1, 1]
+    status = api.Batch(b.bid)
+    assert (status.failures, status.pending, redis_client.zcard("retry")) == (1, 1, 4)
+    page = admin_client.get(url("batch", b.bid)).text
+    assert 'value="retry_failed"' in page and url("find", failing) in page
+    assert url("find", fine) not in page
+    assert user_client("view_jobs").post(url("batch", b.bid),
+                                         {"action": "retry_failed"}).status_code == 403
+    assert admin_client.post(url("batch", b.bid), {"action": "nope"}).status_code == 400
+    response = post(admin_client, url("batch", b.bid), {"action": "retry_failed"})
+    assert f"Moved 1 failed job(s) of batch {b.bid} to their queues." in (
+        follow_messages(response))
+    assert redis_client.zcard("retry") == 3
+    assert jids_in(redis_client, "queue:default") == {failing}
+
+
 # -- with a real worker -------------------------------------------------------------------------
 
 

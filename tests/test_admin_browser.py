@@ -231,6 +231,69 @@ def test_every_page_renders_and_retrying_a_job_removes_it(page, live_server, dem
         assert {p: p.stat().st_mtime_ns for p in committed} == committed
 
 
+def _settle_batch_jobs(store, bid: str, succeed: int, fail: int = 0) -> None:
+    """Run ``succeed`` + ``fail`` of the queue's oldest jobs the way a worker settles them:
+    fetched into an in-progress list, then settled with their count in batch ``bid`` (the
+    failures to the retry set)."""
+    from django_kiq import storage
+
+    fetched, _ = store.fetch("shot:1:a", ["default"], succeed + fail)
+    entries = []
+    for i, (_, raw) in enumerate(fetched):
+        job = payload.decode(raw)
+        ok = i < succeed
+        mark = storage.BatchMark(bids=(bid,), member=job["jid"], outcome="s" if ok else "f",
+                                 ttl=3600)
+        if ok:
+            entries.append(storage.Settle(kind="x", old=raw, batch=mark))
+            continue
+        job.update(retry_count=0, error_class="ValueError", failed_at=time.time(),
+                   error_message=f"row {job['args'][0]} is malformed")
+        entries.append(storage.Settle(kind="z", old=raw, new=payload.encode(job), dest="retry",
+                                      score=time.time() + 900, batch=mark))
+    store.settle("shot:1:a", entries)
+
+
+def test_batch_pages_show_progress_and_lead_to_each_job(page, live_server, store, redis_client,
+                                                        shots):
+    """The Batches tab and a batch page, as a user sees them: progress, counts and callbacks;
+    a pending job's link opens its page; "Retry failed jobs now" sends the failure back."""
+    from django_kiq import batch
+
+    with batch(description="Nightly sync", on_success=jobs.record.s("synced")) as done:
+        jobs.record.enqueue_many([(f"sync-{i}",) for i in range(4)])
+    _settle_batch_jobs(store, done.bid, succeed=4)
+    with batch(description="Import November <rows>", on_success=jobs.record.s("imported"),
+               on_death=jobs.record.s("alert")) as b:
+        jobs.record.enqueue_many([(f"row-{i}",) for i in range(12)])
+    _settle_batch_jobs(store, b.bid, succeed=7, fail=1)
+    base = f"{live_server.url}/admin/django_kiq/jobs/"
+
+    page.goto(base + "batches/")
+    assert page.text_content("#content h1") == "Batches"
+    rows = page.locator("#kiq-batches tbody tr")
+    assert rows.count() == 2
+    assert "Import November <rows>" in rows.nth(0).text_content()
+    assert "58%" in rows.nth(0).text_content() and "succeeded" in rows.nth(1).text_content()
+    shoot(page, shots, "batches")
+
+    page.click("text=Import November <rows>")
+    page.wait_for_selector("button[value=retry_failed]")
+    assert "12 total, 5 pending, 1 failed, 0 dead" in page.text_content("#content")
+    shoot(page, shots, "batch")
+    pending = page.locator("h2:has-text('Pending') + ul a").first
+    jid = pending.text_content()
+    pending.click()
+    page.wait_for_selector("#kiq-args")
+    assert jid in page.text_content("#content") and "/queues/default/" in page.url
+
+    page.go_back()
+    page.click("button[value=retry_failed]")
+    page.wait_for_selector(".messagelist .success")
+    assert "Moved 1 failed job(s)" in page.text_content(".messagelist")
+    assert redis_client.zcard("retry") == 0 and redis_client.llen("queue:default") == 5
+
+
 def test_live_poll_reloads_list_pages(page, live_server, demo_data, redis_client):
     page.evaluate("localStorage.setItem('kiq.interval', '2')")
     page.goto(f"{live_server.url}/admin/django_kiq/jobs/scheduled/")

@@ -64,6 +64,7 @@ class JobsAdmin(admin.ModelAdmin):
             *(path(f"{slug}/", page(sets.job_set, actions=True, slug=slug),
                    name=f"django_kiq_{slug}") for slug in sets.PAGES),
             path("job/<slug:slug>/<kiq_text:key>/", page(job.set_job), name="django_kiq_job"),
+            path("find/<kiq_text:jid>/", page(job.find_job), name="django_kiq_find"),
             path("periodic/", page(periodic_page.periodic, actions=True), name="django_kiq_periodic"),
             path("metrics/", page(metrics.metrics), name="django_kiq_metrics"),
             path("limits/", page(limits_page.limits, actions=True), name="django_kiq_limits"),

@@ -43,9 +43,9 @@ def batch_detail(request: HttpRequest, bid: str, *, site: AdminSite) -> HttpResp
         raise Http404("no such batch (it may have expired)")
     return render(request, site, "batch.html", title=f"Batch {bid}", page="batches",
                   crumbs=(("Batches", url(request, "batches")),), row=_row(request, status),
-                  pending=_members(request, status.pending_jids(MEMBERS_SHOWN), "retries"),
-                  failed=_members(request, status.failed_jids(MEMBERS_SHOWN), "retries"),
-                  dead=_members(request, status.dead_jids(MEMBERS_SHOWN), "dead"),
+                  pending=_members(request, status.pending_jids(MEMBERS_SHOWN)),
+                  failed=_members(request, status.failed_jids(MEMBERS_SHOWN)),
+                  dead=_members(request, status.dead_jids(MEMBERS_SHOWN)),
                   shown=MEMBERS_SHOWN)
 
 
@@ -59,11 +59,13 @@ def _row(request: HttpRequest, b: batches.BatchStatus) -> dict:
                           for which, cb in b.callbacks.items() if cb["defined"]]}
 
 
-def _members(request: HttpRequest, members: list[str], where: str) -> list[dict]:
+def _members(request: HttpRequest, members: list[str]) -> list[dict]:
+    """Each member's label and link: a child batch's page, or the job's page wherever the job
+    is now (``find/<jid>/``: queued, running, scheduled, retrying or dead)."""
     out = []
     for member in members:
         if member.startswith("b:"):
             out.append({"label": f"batch {member[2:]}", "url": url(request, "batch", member[2:])})
         else:
-            out.append({"label": member, "url": f"{url(request, where)}?q={member}"})
+            out.append({"label": member, "url": url(request, "find", member)})
     return out

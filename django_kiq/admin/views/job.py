@@ -5,7 +5,8 @@ expiry, and a Cancel button.
 A job in a set is addressed by its entry key (score and jid, as the API gives it); a job in a
 queue by its queue entry key (position and digest of its exact bytes: two jobs sharing a jid are
 two different pages), or by its jid for links made by hand. A job that has left since the link
-was made sends the user back to its list with a warning.
+was made sends the user back to its list with a warning. ``find/<jid>/`` finds a job by its jid
+wherever it is (``api.locate``) and sends the user to its page.
 """
 
 from __future__ import annotations
@@ -61,6 +62,27 @@ def queue_job(request: HttpRequest, name: str, key: str, *, site: AdminSite) -> 
     return _detail(request, site, record, Found(
         page="queues", crumbs=(("Queues", url(request, "queues")), (name, here)), list_url=here,
         queue_delete=True))
+
+
+#: api.locate's set names -> their pages' slugs
+SET_PAGES = {"schedule": "scheduled", "retry": "retries", "dead": "dead"}
+
+
+def find_job(request: HttpRequest, jid: str, *, site: AdminSite) -> HttpResponse:
+    """A job by its jid, wherever it is now (the batch page links its members here): its page
+    in its queue or set, the Busy page while it runs, or a page saying it is nowhere, with its
+    result record if it keeps one."""
+    found = api.locate(jid)
+    if found is None:
+        return render(request, site, "find.html", title=f"Job {jid}", page="find",
+                      jid=jid, result=results.get(jid))
+    if found.place == "queue":
+        return HttpResponseRedirect(url(request, "queue_job", found.name, found.record.key))
+    if found.place == "busy":
+        messages.info(request, f"Job {jid} ({found.record.display_name}) is running in "
+                               f"process {found.name}.")
+        return HttpResponseRedirect(url(request, "busy"))
+    return HttpResponseRedirect(url(request, "job", SET_PAGES[found.place], found.record.key))
 
 
 def is_queue_key(key: str) -> bool:
