@@ -6,15 +6,15 @@ recovers it from a dead process, drops it, and a worker running it has :class:`J
 raised in it by its watchdog within a second. Then the job is looked for where it may be, in
 the order that costs least: in progress (the processes' in-progress lists), the schedule and
 retry sets, the queues;
-a waiting job is removed, counted in ``stat:cancelled`` and its unique lock released in one
-atomic step. Reads are paged: a million waiting jobs never load into memory.
+a waiting job is removed, counted in ``stat:cancelled``, its unique lock released, its result
+marked "cancelled" and its batch told (a failure there) in one atomic step. Reads are paged: a million waiting jobs never load into memory.
 """
 
 from __future__ import annotations
 
 import logging
 
-from . import storage, unique
+from . import storage, unique, workflows
 from .records import JobRecord, decode_record, jid_needle
 
 logger = logging.getLogger("django_kiq.api")
@@ -60,9 +60,10 @@ def _running(store: storage.Storage, jid: str) -> bool:
 
 def _remove(store: storage.Storage, record: JobRecord, where: str, container: str,
             who: str) -> bool:
+    cleanups = {} if record.malformed else workflows.cancelled_cleanups(record.fields)
     removed = store.record_cancellation(record.jid, by=who, where=where, member=record.raw,
                                         container=container, digest=unique.lock_of(record.fields),
-                                        record=False)
+                                        record=False, **cleanups)
     if removed:
         logger.info("cancel jid=%s job=%s: removed from %s%s", record.jid, record.display_name,
                     container, f" (by {who})" if who else "")

@@ -156,6 +156,30 @@ def requeued_cleanups(job: dict[str, Any], status: str = "queued",
                                           fields=(("status", status),), finished=False)}
 
 
+def cancelled_cleanups(job: dict[str, Any],
+                       settings: KiqSettings | None = None) -> dict[str, Any]:
+    """The ``result``/``batch`` of a waiting ``job`` that ``api.cancel`` removes: its result
+    reads "cancelled" (finished: waiters wake) and it counts as failed in its batch, as when a
+    worker drops a job cancelled before it started. Empty when it asked for neither."""
+    from .conf import get_settings
+
+    settings = settings or get_settings()
+    if "bid" not in job and "kiq_result_ttl" not in job and settings.result_ttl is None:
+        return {}
+    cleanups: dict[str, Any] = {}
+    lineage = batches.lineage_of(job)
+    if lineage:
+        cleanups["batch"] = storage.BatchMark(bids=lineage, member=str(job.get("jid")),
+                                              outcome=status_of("cancelled")[2] or "f",
+                                              ttl=settings.batch_ttl)
+    ttl = result_ttl(job, settings)
+    if ttl is not None:
+        fields = (("status", "cancelled"), ("finished_at", repr(time.time())))
+        cleanups["result"] = storage.ResultWrite(jid=str(job.get("jid")), ttl=ttl,
+                                                 fields=fields, finished=True)
+    return cleanups
+
+
 def dead_cleanups(job: dict[str, Any], settings: KiqSettings | None = None) -> dict[str, Any]:
     """The ``result``/``batch`` fields of a settle entry sending ``job`` dead outside the
     processor's run (a poison pill found by orphan recovery or a shutdown's cutoff): counted

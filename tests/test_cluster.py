@@ -415,6 +415,13 @@ def test_cancel_a_queued_job_and_a_django_task(store):
     assert store.queue_size("default") == 0
     assert api.Stats().cancelled == 1
     assert cluster_jobs.unique_run.delay("cancelled") is not None  # its lock went with it
+    from django_kiq import batch
+
+    with batch(description="cancel") as b:  # its result and batch count, on the {kiq} slot
+        kept = cluster_jobs.run.set(result_ttl=60).enqueue("kept")
+    assert cancel(kept) == "queue"
+    assert results.get(kept).wait(timeout=1).status == "cancelled"
+    assert (api.Batch(b.bid).failures, api.Batch(b.bid).complete) == (1, True)
     result = djtasks.send_mail.enqueue("a@example.com")
     assert store.queue_size("mail") == 1
     assert store.client.llen(store.keys.outbox("mail")) == 0

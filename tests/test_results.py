@@ -82,6 +82,51 @@ def test_wait_times_out(store):
         results.get(jid).wait(timeout=0.2)
 
 
+def test_cancelling_a_waiting_job_ends_its_result_and_counts_in_its_batch(redis_client):
+    """api.cancel of a queued or scheduled job writes its result "cancelled" (waiters wake at
+    once) and counts it as failed in its batch, in the step that removes it, once."""
+    from django_kiq import api, batch
+
+    with batch(description="cancelled", on_complete=wj.ledger.s("c")) as b:
+        queued = wj.add.enqueue(1, 2)
+        later = wj.add.enqueue_in(600, 3, 4)
+        plain = wj.work.enqueue("x")  # keeps no result
+    assert results.get(later).status == "scheduled"
+    waiting = results.get(queued)
+    assert [api.cancel(jid) for jid in (queued, later, plain)] == ["queue", "scheduled", "queue"]
+    started = time.monotonic()
+    assert waiting.wait(timeout=5).status == "cancelled"
+    assert time.monotonic() - started < 1
+    for jid in (queued, later):
+        record = results.get(jid)
+        assert record.status == "cancelled" and record.finished_at is not None
+    assert results.get(plain) is None
+    status = api.Batch(b.bid)
+    assert (status.failures, status.pending, status.complete) == (3, 3, True)
+    assert redis_client.zcard("schedule") == 1  # on_complete, pushed once
+    assert api.cancel(queued) is None and api.Batch(b.bid).failures == 3
+
+
+def test_a_job_cancelled_before_a_worker_started_it_reads_cancelled(store):
+    """A cancellation recorded while the job was between places: the worker that fetches it
+    drops it, and its settle step writes its result "cancelled" (no batch needed)."""
+    from django_kiq.stats import Counters
+    from django_kiq.worker.control import Control
+    from django_kiq.worker.manager import Manager
+    from django_kiq.worker.processor import Processor
+
+    jid = wj.add.enqueue(1, 2)
+    store.record_cancellation(jid)
+    [(queue, raw)], _ = store.fetch("test-run:1:abc", ["default"], 1)
+    control = Control(store=store)
+    control.poll_cancellations()
+    outcome = Processor(settings=get_settings(), counters=Counters(),
+                        control=control).process(queue, raw, "kiq-t")
+    assert outcome.kind == "cancelled"
+    assert store.settle("test-run:1:abc", [Manager._settle_entry(outcome)]) == [1]
+    assert results.get(jid).wait(timeout=1).status == "cancelled"
+
+
 def test_async_forms(worker_factory):
     import asyncio
 

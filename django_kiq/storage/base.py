@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import redis
     from redis.commands.core import Script
 
+    from .batches import BatchMark, ResultWrite
     from .keys import Keys
 
 #: What a Lua script's ARGV accepts (redis-py encodes each).
@@ -37,3 +38,7 @@ class StorageBase:
         def _script(self, name: str) -> Script: ...
 
         def forget_registration(self, queue: str) -> None: ...
+
+        # defined by BatchOps (batches.py)
+        def workflow_settle_args(self, result: ResultWrite | None,
+                                 batch: BatchMark | None) -> tuple[list[str], list, str]: ...

@@ -29,6 +29,7 @@ from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.typing import EncodableT, KeyT
 
+from .batches import BatchMark, ResultWrite
 from .control import UniquePush, unique_holders, unique_push_call
 from .keys import ClusterKeys
 from .limits import LimitState
@@ -294,20 +295,21 @@ class ClusterBase(Storage):
 
     def record_cancellation(self, jid: str, *, by: str = "", where: str = "",
                             member: bytes = b"", container: str = "",
-                            digest: str = "", record: bool = True) -> bool:
+                            digest: str = "", record: bool = True,
+                            result: ResultWrite | None = None,
+                            batch: BatchMark | None = None) -> bool:
         """A job waiting in a queue: the cancellation is recorded first (a worker that fetches
-        it anyway drops it), then the member leaves its queue, then it is counted and its lock
-        released (global slot)."""
+        it anyway drops it), then the member leaves its queue, then, in one step on the global
+        slot, it is counted, its lock released, its result and batch count written."""
         if where != "list":
             return super().record_cancellation(jid, by=by, where=where, member=member,
                                                container=container, digest=digest,
-                                               record=record)
+                                               record=record, result=result, batch=batch)
         super().record_cancellation(jid, by=by, record=record)
         if not self.client.execute_command("LREM", self.keys.queue(container), 1, member):
             return False
-        self.client.incr(self.keys.stat("cancelled"))
-        if digest:
-            self._unlock(keys=[self.keys.unique(digest)], args=[jid])
+        super().record_cancellation(jid, by=by, where="gone", digest=digest, record=False,
+                                    result=result, batch=batch)
         return True
 
     # -- worker: fetch, settle ------------------------------------------------------------------

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from .base import ScriptArg, StorageBase
 from .keys import Keys
+
+if TYPE_CHECKING:
+    from .batches import BatchMark, ResultWrite
 
 #: Recent cancellations kept in Redis, so a job cancelled while in flight is still dropped.
 CANCELLATIONS_KEPT = 10_000
@@ -83,13 +86,16 @@ class ControlOps(StorageBase):
 
     def record_cancellation(self, jid: str, *, by: str = "", where: str = "",
                             member: bytes = b"", container: str = "",
-                            digest: str = "", record: bool = True) -> bool:
+                            digest: str = "", record: bool = True,
+                            result: ResultWrite | None = None,
+                            batch: BatchMark | None = None) -> bool:
         """Record that ``jid`` is cancelled (unless ``record`` is False); remove ``member`` from
         where it waits.
 
         ``where`` is "list" (``container`` a queue name) or "zset" (``container`` "schedule" or
-        "retry"), or "" when the job is not known to be waiting. Returns True if the waiting
-        member was removed (and counted in ``stat:cancelled``, its unique lock released).
+        "retry"), "gone" (the caller removed it already), or "" when the job is not known to
+        be waiting. Returns True if the waiting member was removed (and counted in
+        ``stat:cancelled``, its unique lock released, ``result`` written and ``batch`` counted).
         """
         unused = self.keys.cancellations
         if where == "list":
@@ -99,11 +105,12 @@ class ControlOps(StorageBase):
         else:
             key = unused
         lock = self.keys.unique(digest) if digest else unused
+        more_keys, more_args, cleanups = self.workflow_settle_args(result, batch)
         removed = self._cancel(
             keys=[self.keys.cancellations, self.keys.cancellation_seq, key, lock,
-                  self.keys.stat("cancelled")],
+                  self.keys.stat("cancelled"), *more_keys],
             args=[jid, by.replace(" ", "_"), where, member, CANCELLATIONS_KEPT,
-                  "1" if record else "0"])
+                  "1" if record else "0", cleanups, *more_args])
         return int(removed) == 1
 
     def in_progress(self) -> list[bytes]:

@@ -157,7 +157,8 @@ class Processor:
             if "bid" in job:
                 return self._batch_member(admitted)
             return self.complete(admitted)
-        if admitted.kind in ("cancelled", "expired") and b'"bid"' in raw:
+        if admitted.kind in ("cancelled", "expired") and (
+                b'"bid"' in raw or b'"kiq_result_ttl"' in raw or self.settings.result_ttl):
             return workflows.on_outcome(admitted, payload.decode(raw), None, self.settings)
         return admitted
 
