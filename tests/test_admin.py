@@ -277,9 +277,11 @@ def test_redis_errors_are_not_swallowed(admin_client, store, redis_client):
 def test_busy_lists_processes_and_running_jobs(admin_client, store):
     raw = job_raw(5, args=[XSS])
     work = {"kiq-processor-1": json.dumps({"queue": "default", "payload": raw.decode(),
-                                           "run_at": time.time() - 3})}
+                                           "run_at": time.time() - 3, "progress": 40,
+                                           "progress_message": f"4 of 10 {XSS}"})}
     beat(store, "web-host:4242:aa", work=work, busy=1)
     text = admin_client.get(url("busy")).text
+    assert '<progress max="100" value="40' in text and "4 of 10 &lt;script&gt;" in text
     assert "web-host:4242" in text and "blue" in text and "default, mail" in text
     assert "20.0 MB" in text and "kiq-processor-1" in text and f"{5:024x}" in text
     assert XSS not in text and "&lt;script&gt;" in text
