@@ -106,9 +106,14 @@ def _ready(job: dict[str, Any], settings: KiqSettings) -> storage.BatchPush:
     return storage.BatchPush(jid=job["jid"], raw=raw, queue=ready["queue"])
 
 
-def _callback(sig: Signature, settings: KiqSettings,
-              lineage: tuple[str, ...]) -> tuple[str, bytes]:
-    job = client.client_chain(settings)(sig.job_hash(settings=settings, lineage=lineage))
+def _callback(sig: Signature, settings: KiqSettings, lineage: tuple[str, ...],
+              display: str | None = None) -> tuple[str, bytes]:
+    """A callback's jid and its payload as it waits in its batch (``display``: the name logs,
+    results and the admin show for a wrapper job, as ``display_class``)."""
+    job = sig.job_hash(settings=settings, lineage=lineage)
+    if display is not None:
+        job["display_class"] = display
+    job = client.client_chain(settings)(job)
     raw = payload.encode(payload.for_schedule(job))
     client.check_size(job, settings, raw)
     return job["jid"], raw
@@ -179,6 +184,9 @@ def _with_batch_id(raw: bytes, bid: str) -> bytes:
 
 STEP_NAME = "django_kiq.canvas.chain_step"
 RUN_NAME = "django_kiq.canvas.run_signature"
+#: Options of a group's ``then`` job that its run_signature job takes on. ``expires_in`` stays
+#: behind: the callback's payload is built when the group is enqueued, long before it runs.
+RUNNER_OPTIONS = registry.SET_OPTION_NAMES - {"expires_in"}
 
 
 @registry.job(name=STEP_NAME)
@@ -215,10 +223,13 @@ class group:  # noqa: N801
                   for sig, jid in zip(self.members, jids)]
         seal = []
         if then is not None:
+            # run_signature calls ``then`` in its own run, with the options of then's job
+            # (queue, retries, time limit, result TTL...) and its name in logs and results.
+            target = then.job.options
             runner = Signature(name=RUN_NAME, args=(then.to_dict(),),
                                kwargs={"results_of": jids if pass_results else None},
-                               options=dict(then.options))
-            cb_jid, cb_raw = _callback(runner, settings, ancestors)
+                               options={name: getattr(target, name) for name in RUNNER_OPTIONS})
+            cb_jid, cb_raw = _callback(runner, settings, ancestors, display=then.name)
             seal.append(("success", cb_jid, cb_raw))
         storage.get_default().batch_write(
             bid, ancestors=ancestors, ttl=settings.batch_ttl, jobs=pushes, seal=seal,

@@ -236,6 +236,20 @@ def test_a_chords_callback_gets_every_result_in_order(redis_client, worker_facto
     assert api.Batch(bid).succeeded
 
 
+def test_a_chords_callback_runs_with_its_own_jobs_options(redis_client):
+    """The ``then`` of a group runs inside run_signature, with the options of then's job (its
+    result TTL, a queue set on the signature...) and its name shown as the job's."""
+    import json
+
+    bid = group(wj.double.s(1)).enqueue(then=wj.step.s("x").set(queue="reports", retry=2),
+                                        pass_results=True)
+    callback = json.loads(redis_client.hget(f"kiq:batch:{bid}", "cb_success"))
+    assert callback["class"] == "django_kiq.canvas.run_signature"
+    assert callback["display_class"] == wj.step.name
+    assert (callback["queue"], callback["retry"], callback["kiq_result_ttl"]) == (
+        "reports", 2, 600)
+
+
 def test_a_job_settled_twice_counts_once(store, redis_client):
     """Two runs of one jid (recovered after it ran, before its settle was known) settle in
     two steps: the second finds the jid gone from pending and changes nothing."""
