@@ -110,7 +110,10 @@ def demo_data(store, redis_client):
     redis_client.set("stat:failed", 2_113)
     work = {f"kiq-processor-{i}": json.dumps({
         "queue": "default", "run_at": now - 4 * i,
-        "payload": raw(i, "shop.jobs.render_invoice", [3000 + i]).decode()}) for i in (1, 2)}
+        "payload": raw(i, "shop.jobs.render_invoice", [3000 + i]).decode(),
+        # what current_job().progress() reports (docs/workflows.md)
+        **({"progress": 40, "progress_message": "page 4 of 10"} if i == 1 else {})})
+        for i in (1, 2)}
     metrics = {"shop.jobs.send_receipt": {"p": 900, "f": 12, "ms": 54000, "h2": 300, "h3": 400,
                                           "h4": 150, "h5": 40, "h9": 10},
                "shop.jobs.charge_card": {"p": 120, "f": 31, "ms": 96000, "h8": 40, "h9": 50,
