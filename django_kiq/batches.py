@@ -150,7 +150,7 @@ class Batch:
     def seal(self, settings: KiqSettings | None = None) -> None:
         """Store the callbacks and let the batch complete (``__exit__`` calls it)."""
         settings = settings or get_settings()
-        stored = []
+        stored, jobs = [], []
         for which, sig in self.callbacks.items():
             if sig is None:
                 continue
@@ -162,8 +162,13 @@ class Batch:
             raw = payload.encode(payload.for_schedule(job))
             client.check_size(job, settings, raw)
             stored.append((which, job["jid"], raw))
-        storage.get_default().batch_write(self.bid, ancestors=self.ancestors,
-                                          ttl=settings.batch_ttl, seal=stored)
+            jobs.append(job)
+        store = storage.get_default()
+        store.batch_write(self.bid, ancestors=self.ancestors, ttl=settings.batch_ttl, seal=stored)
+        from . import workflows
+
+        # A callback that keeps its result reads "scheduled" until it runs.
+        workflows.record_enqueued(store, jobs, settings, time.time(), callbacks=True)
 
     # -- the writer of the jobs enqueued inside the block ------------------------------------
 

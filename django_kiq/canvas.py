@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import batches, client, payload, registry, results, storage
+from . import batches, client, payload, registry, results, storage, workflows
 from .conf import KiqSettings, get_settings
 from .exceptions import UnknownJob
 
@@ -94,8 +94,10 @@ class Signature:
         return f"{self.name}.s({args})"
 
 
-def _ready(job: dict[str, Any], settings: KiqSettings) -> storage.BatchPush:
-    """A job hash as the batch writer pushes it: client middleware, size checked."""
+def _ready(job: dict[str, Any], settings: KiqSettings,
+           ) -> tuple[storage.BatchPush, dict[str, Any]]:
+    """A job hash as the batch writer pushes it (client middleware, size checked), and the
+    hash (for its result's "queued" record)."""
     job = client.client_chain(settings)(job)
     if job is None:
         raise ValueError("a client middleware dropped a workflow step; workflows need them")
@@ -103,20 +105,20 @@ def _ready(job: dict[str, Any], settings: KiqSettings) -> storage.BatchPush:
     ready = payload.ready_for_queue(job, now)
     raw = payload.encode(ready)
     client.check_size(ready, settings, raw)
-    return storage.BatchPush(jid=job["jid"], raw=raw, queue=ready["queue"])
+    return storage.BatchPush(jid=job["jid"], raw=raw, queue=ready["queue"]), ready
 
 
 def _callback(sig: Signature, settings: KiqSettings, lineage: tuple[str, ...],
-              display: str | None = None) -> tuple[str, bytes]:
-    """A callback's jid and its payload as it waits in its batch (``display``: the name logs,
-    results and the admin show for a wrapper job, as ``display_class``)."""
+              display: str | None = None) -> tuple[str, bytes, dict[str, Any]]:
+    """A callback's jid, its payload as it waits in its batch, and its hash (``display``: the
+    name logs, results and the admin show for a wrapper job, as ``display_class``)."""
     job = sig.job_hash(settings=settings, lineage=lineage)
     if display is not None:
         job["display_class"] = display
     job = client.client_chain(settings)(job)
     raw = payload.encode(payload.for_schedule(job))
     client.check_size(job, settings, raw)
-    return job["jid"], raw
+    return job["jid"], raw, job
 
 
 # -- chains ---------------------------------------------------------------------------------
@@ -158,22 +160,26 @@ def start_step(cid: str, steps: list[dict[str, Any]], index: int, previous: str 
     bid = f"{cid}.{index}"
     jid = step_jid(cid, index)
     keep = settings.batch_ttl if pass_result else None
-    step = _ready(sig.job_hash(settings=settings, lineage=(bid,), jid=jid, result_ttl=keep,
-                               args_prefix=prefix), settings)
+    step, step_hash = _ready(sig.job_hash(settings=settings, lineage=(bid,), jid=jid,
+                                          result_ttl=keep, args_prefix=prefix), settings)
     seal = []
     if index + 1 < len(steps):
         nxt = Signature(name=STEP_NAME, args=(cid, steps, index + 1, jid, pass_result,
                                               description),
                         options=dict(Signature.from_dict(steps[index + 1]).options))
-        cb_jid, cb_raw = _callback(nxt, settings, ())
+        cb_jid, cb_raw, _ = _callback(nxt, settings, ())
         # The callback's batch_id keyword: added as batches add it.
         seal.append(("success", cb_jid, _with_batch_id(cb_raw, bid)))
     label = description or f"chain {cid[:8]}"
-    return storage.get_default().batch_write(
+    store = storage.get_default()
+    started = store.batch_write(
         bid, ttl=settings.batch_ttl, only_new=True, jobs=[step], seal=seal,
         create={"bid": bid, "description": f"{label}: step {index + 1}/{len(steps)} "
                 f"{sig.name}", "created_at": repr(time.time()), "parent": "",
                 "chain": cid, "step": str(index), "steps": str(len(steps))})
+    if started:  # not on a repeat: the step may be running by now
+        workflows.record_enqueued(store, [step_hash], settings, time.time())
+    return started
 
 
 def _with_batch_id(raw: bytes, bid: str) -> bytes:
@@ -218,10 +224,11 @@ class group:  # noqa: N801
         bid = payload.new_jid()
         keep = settings.batch_ttl if pass_results else None
         jids = payload.new_jids(len(self.members))
-        pushes = [_ready(sig.job_hash(settings=settings, lineage=(bid, *ancestors), jid=jid,
-                                      result_ttl=keep), settings)
-                  for sig, jid in zip(self.members, jids)]
-        seal = []
+        readied = [_ready(sig.job_hash(settings=settings, lineage=(bid, *ancestors), jid=jid,
+                                       result_ttl=keep), settings)
+                   for sig, jid in zip(self.members, jids)]
+        pushes = [push for push, _ in readied]
+        seal, callbacks = [], []
         if then is not None:
             # run_signature calls ``then`` in its own run, with the options of then's job
             # (queue, retries, time limit, result TTL...) and its name in logs and results.
@@ -229,13 +236,19 @@ class group:  # noqa: N801
             runner = Signature(name=RUN_NAME, args=(then.to_dict(),),
                                kwargs={"results_of": jids if pass_results else None},
                                options={name: getattr(target, name) for name in RUNNER_OPTIONS})
-            cb_jid, cb_raw = _callback(runner, settings, ancestors, display=then.name)
+            cb_jid, cb_raw, callback = _callback(runner, settings, ancestors,
+                                                 display=then.name)
             seal.append(("success", cb_jid, cb_raw))
-        storage.get_default().batch_write(
+            callbacks.append(callback)
+        store = storage.get_default()
+        store.batch_write(
             bid, ancestors=ancestors, ttl=settings.batch_ttl, jobs=pushes, seal=seal,
             create={"bid": bid, "description": self.description or
                     f"group of {len(self.members)}", "created_at": repr(time.time()),
                     "parent": ancestors[0] if ancestors else ""})
+        now = time.time()
+        workflows.record_enqueued(store, [job for _, job in readied], settings, now)
+        workflows.record_enqueued(store, callbacks, settings, now, callbacks=True)
         return bid
 
 

@@ -47,7 +47,8 @@ class JobResult:
         """Block until the job finished (at most ``timeout`` seconds); its final result.
 
         Raises TimeoutError if it did not finish in time. No polling: one blocking command
-        on the job's "done" list.
+        on the job's "done" list (one every few seconds on a long wait, each under the
+        connection's socket timeout).
         """
         if self.finished:
             return self
@@ -58,7 +59,8 @@ class JobResult:
             if left <= 0:
                 break
             # BLMOVE takes whole or fractional seconds; 0 would block forever.
-            store.wait_job_result(self.jid, max(left, 0.01))
+            if not store.wait_job_result(self.jid, max(left, 0.01)):
+                continue  # a block ended before the deadline: block again, nothing to read
             current = get(self.jid)
             if current is None:
                 break

@@ -52,8 +52,12 @@ def attempt_of(job: dict[str, Any]) -> int:
 
 
 def record_enqueued(store: storage.Storage, jobs: list[dict[str, Any]], settings: KiqSettings,
-                    now: float) -> None:
-    """The "queued" (or "scheduled") records of jobs that keep their result."""
+                    now: float, *, callbacks: bool = False) -> None:
+    """The "queued" (or "scheduled") records of jobs that keep their result.
+
+    ``callbacks``: the jobs are a batch's callbacks, stored in the batch until it completes:
+    "scheduled", and kept at least as long as the batch's data (``BATCH_TTL``), so
+    ``results.get`` and ``wait()`` find them before they run."""
     if settings.result_ttl is None and not any("kiq_result_ttl" in job for job in jobs):
         return  # none keeps one (most enqueues): no per-job work
     items = []
@@ -62,7 +66,9 @@ def record_enqueued(store: storage.Storage, jobs: list[dict[str, Any]], settings
         if ttl is None:
             continue
         at = job.get("at")
-        status = "scheduled" if at is not None and at > now else "queued"
+        status = "scheduled" if callbacks or (at is not None and at > now) else "queued"
+        if callbacks:
+            ttl = max(ttl, settings.batch_ttl)
         items.append((job["jid"], {"status": status, "class": _class_of(job),
                                    "enqueued_at": repr(now)}, ttl))
     store.write_job_results(items)

@@ -250,6 +250,29 @@ def test_a_chords_callback_runs_with_its_own_jobs_options(redis_client):
         "reports", 2, 600)
 
 
+def test_workflow_results_are_there_before_their_jobs_run(redis_client, worker_factory):
+    """A callback keeping its result reads "scheduled" from the seal (kept as long as the
+    batch), a group's members and a chain's first step "queued": results.get() and wait()
+    find them before they run, and the callback's result after."""
+    from django_kiq import canvas, results
+
+    with batch(description="summarised", on_success=wj.summary.s()) as b:
+        wj.work.enqueue("x")
+    summary_jid = api.Batch(b.bid).callbacks["success"]["jid"]
+    waiting = results.get(summary_jid)
+    assert waiting.status == "scheduled" and not waiting.finished
+    assert redis_client.ttl(f"kiq:result:{summary_jid}") > 29 * 24 * 3600
+    bid = group(wj.double.s(1), wj.double.s(2)).enqueue(then=wj.collect.s(), pass_results=True)
+    members = api.Batch(bid).pending_jids()
+    assert [results.get(jid).status for jid in members] == ["queued", "queued"]
+    cid = chain(wj.double.s(3), wj.double.s(), pass_result=True).enqueue()
+    assert results.get(canvas.step_jid(cid, 0)).status == "queued"
+    _start(worker_factory, "-c", "4")
+    assert waiting.wait(timeout=20).value == {"total": 1, "failures": 0}
+    second = wait_for(lambda: results.get(canvas.step_jid(cid, 1)), timeout=20)
+    assert second.wait(timeout=20).value == 12  # its record exists once step 1 started it
+
+
 def test_a_job_settled_twice_counts_once(store, redis_client):
     """Two runs of one jid (recovered after it ran, before its settle was known) settle in
     two steps: the second finds the jid gone from pending and changes nothing."""

@@ -76,6 +76,33 @@ def test_wait_blocks_without_polling_and_wakes_at_the_settle(monkeypatch, worker
     assert calls == ["wait_job_result", "job_result"]
 
 
+def test_a_long_wait_blocks_in_steps_under_the_socket_timeout(monkeypatch, store):
+    """wait(timeout) longer than the connection's socket timeout: each blocking command lasts
+    at most MAX_BLOCK (a longer one made redis-py raise TimeoutError at 15 s), and the wait
+    goes on block after block until the job finishes."""
+    from django_kiq.storage import batches as storage_batches
+    from django_kiq.storage import connection
+    from tests.conftest import run_as_worker
+
+    assert storage_batches.MAX_BLOCK < connection.SOCKET_TIMEOUT
+    monkeypatch.setattr(storage_batches, "MAX_BLOCK", 0.2)
+    blocks = []
+    original = Storage.wait_job_result
+    monkeypatch.setattr(Storage, "wait_job_result", lambda self, jid, timeout: (
+        blocks.append(timeout), original(self, jid, timeout))[1])
+    jid = wj.add.enqueue(1, 2)
+    waiting = results.get(jid)
+    raw = store.client.rpop("queue:default")
+    runner = threading.Timer(0.9, run_as_worker, args=(raw,))
+    runner.start()
+    started = time.monotonic()
+    done = waiting.wait(timeout=30)
+    runner.join()
+    assert done.status == "succeeded" and done.value == 3
+    assert 0.8 < time.monotonic() - started < 5
+    assert len(blocks) >= 4  # 0.2 s each until the job ended at 0.9 s
+
+
 def test_wait_times_out(store):
     jid = wj.add.enqueue(1, 1)
     with pytest.raises(TimeoutError):

@@ -54,6 +54,15 @@ def ledger(name, batch_id=None):
     client.hset("test:ledger:bid", name, batch_id or "")
 
 
+@job(result_ttl=600)
+def summary(batch_id=None):
+    """A callback keeping its result: the batch's counts when it ran."""
+    from django_kiq import api
+
+    status = api.Batch(batch_id)
+    return {"total": status.total, "failures": status.failures}
+
+
 @job
 def spawn_more(token, count):
     """A batch member that adds ``count`` jobs to its own batch."""

@@ -19,6 +19,9 @@ from .base import StorageBase
 
 #: At most this many ancestors of a batch are tracked (nesting deeper is refused).
 MAX_DEPTH = 8
+#: Seconds one blocking wait for a result may last: well under the connections' socket
+#: timeout (storage/connection.py's SOCKET_TIMEOUT, 15 s), which a longer block would trip.
+MAX_BLOCK = 5.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -283,12 +286,15 @@ class BatchOps(StorageBase):
         return {_text(a): _text(b) for a, b in flat.items()} if flat else None
 
     def wait_job_result(self, jid: str, timeout: float) -> bool:
-        """Block until the job's "done" list has an element (it finished), up to ``timeout``.
+        """Block until the job's "done" list has an element (it finished), up to ``timeout``
+        or MAX_BLOCK seconds, whichever is shorter (False: not finished by then).
 
         BLMOVE from the list onto its own end leaves the element there, so every waiter wakes,
         and one that starts waiting after the job finished returns at once. No polling.
         """
         key = self.keys.job_result_done(jid)
+        # One BLMOVE blocks at most MAX_BLOCK: past the connection's socket timeout, redis-py
+        # would give up on the reply and raise (the caller loops until its own deadline).
         # redis-py types the timeout int; BLMOVE takes fractional seconds (Redis >= 6).
-        return self.client.blmove(key, key, timeout, "RIGHT",  # type: ignore[arg-type]
-                                  "RIGHT") is not None
+        return self.client.blmove(key, key, min(timeout, MAX_BLOCK),  # type: ignore[arg-type]
+                                  "RIGHT", "RIGHT") is not None
