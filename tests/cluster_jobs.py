@@ -92,3 +92,8 @@ def nothing_low(i=0):
 @job(result_ttl=600)
 def add(a, b):
     return a + b
+
+
+@job(result_ttl=600, queue="critical")
+def total(values, label=""):
+    return {"label": label, "sum": sum(values)}

@@ -406,6 +406,28 @@ def test_failover_of_a_master_under_load_loses_nothing(tmp_path, worker_factory,
     assert sum(duplicates.values()) <= 30, duplicates
 
 
+def test_chains_and_chords_on_a_cluster(store, start_worker):
+    """A chain passing results and a chord whose callback runs on another queue's shard: the
+    step batches are created with their job through batch.lua and the queue's outbox."""
+    from django_kiq import canvas, chain, group
+
+    cid = chain(cluster_jobs.add.s(1, 2), cluster_jobs.add.s(10), cluster_jobs.add.s(100),
+                pass_result=True).enqueue()
+    bid = group(*(cluster_jobs.add.s(i, i) for i in range(1, 4))).enqueue(
+        then=cluster_jobs.total.s(label="chord"), pass_results=True)
+    chord_jid = api.Batch(bid).callbacks["success"]["jid"]
+    assert results.get(chord_jid).status == "scheduled"
+    worker = start_worker()
+    try:
+        last = wait_for(lambda: results.get(canvas.step_jid(cid, 2)), timeout=30)
+        assert last.wait(timeout=20).value == 113  # (1 + 2) + 10, then + 100
+        chord = results.get(chord_jid).wait(timeout=20)
+    except (AssertionError, TimeoutError):
+        raise AssertionError(worker.output()) from None
+    assert chord.value == {"label": "chord", "sum": 12}
+    assert store.client.llen(store.keys.outbox("critical")) == 0  # relayed
+
+
 def test_cancel_a_queued_job_and_a_django_task(store):
     from django_kiq.cancellation import cancel
     from tests import djtasks
