@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 
-from . import batches, client, storage
+from . import batches, client, storage, workflows
 from .conf import KiqSettings, get_settings
 
 if TYPE_CHECKING:
@@ -101,6 +101,9 @@ async def apush_now(jobs: list[dict[str, Any]],
         if writes.scheduled:
             await store.schedule(writes.scheduled)
         holders = await store.push_unique(writes.unique) if writes.unique else []
+        if settings.result_ttl or "kiq_result_ttl" in jobs[0]:  # results: "queued" records
+            await store.write_job_results(
+                workflows.enqueued_records(jobs, settings, time.time()), status_if_new=True)
     except storage.RedisError as exc:
         raise client.enqueue_error(jobs, exc) from exc
     return writes.refusals(jobs, holders)

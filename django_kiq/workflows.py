@@ -53,13 +53,23 @@ def attempt_of(job: dict[str, Any]) -> int:
 
 def record_enqueued(store: storage.Storage, jobs: list[dict[str, Any]], settings: KiqSettings,
                     now: float, *, callbacks: bool = False) -> None:
-    """The "queued" (or "scheduled") records of jobs that keep their result.
+    """Write the "queued" (or "scheduled") records of jobs that keep their result
+    (:func:`enqueued_records`), after their push: a worker that started or finished one
+    meanwhile keeps its own status."""
+    items = enqueued_records(jobs, settings, now, callbacks=callbacks)
+    if items:
+        store.write_job_results(items, status_if_new=True)
+
+
+def enqueued_records(jobs: list[dict[str, Any]], settings: KiqSettings, now: float, *,
+                     callbacks: bool = False) -> list[tuple[str, dict[str, str], int]]:
+    """The (jid, fields, ttl) records of the jobs that keep their result, as enqueued.
 
     ``callbacks``: the jobs are a batch's callbacks, stored in the batch until it completes:
     "scheduled", and kept at least as long as the batch's data (``BATCH_TTL``), so
     ``results.get`` and ``wait()`` find them before they run."""
     if settings.result_ttl is None and not any("kiq_result_ttl" in job for job in jobs):
-        return  # none keeps one (most enqueues): no per-job work
+        return []  # none keeps one (most enqueues): no per-job work
     items = []
     for job in jobs:
         ttl = result_ttl(job, settings)
@@ -71,7 +81,7 @@ def record_enqueued(store: storage.Storage, jobs: list[dict[str, Any]], settings
             ttl = max(ttl, settings.batch_ttl)
         items.append((job["jid"], {"status": status, "class": _class_of(job),
                                    "enqueued_at": repr(now)}, ttl))
-    store.write_job_results(items)
+    return items
 
 
 def on_start(current: Any, job: dict[str, Any], settings: KiqSettings,

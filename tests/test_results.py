@@ -103,6 +103,34 @@ def test_a_long_wait_blocks_in_steps_under_the_socket_timeout(monkeypatch, store
     assert len(blocks) >= 4  # 0.2 s each until the job ended at 0.9 s
 
 
+def test_a_late_queued_record_keeps_the_status_a_worker_wrote(store):
+    """The client writes a job's "queued" record after the push: a worker that ran the job in
+    between keeps its status (the record's status is only set where it has none), so wait()
+    returns at once instead of spinning on a finished job that reads "queued"."""
+    from django_kiq import payload
+    from tests.conftest import run_as_worker
+
+    jid = wj.add.enqueue(2, 2)
+    raw = store.client.rpop("queue:default")
+    run_as_worker(raw)
+    workflows.record_enqueued(store, [payload.decode(raw)], get_settings(), time.time())
+    late = results.get(jid)
+    assert (late.status, late.value) == ("succeeded", 4)
+    assert late.wait(timeout=1).value == 4
+
+
+def test_aenqueue_writes_the_queued_record(store):
+    """An async view can await the result of what it enqueued (aenqueue, then aget)."""
+    import asyncio
+
+    async def main():
+        jid = await wj.add.aenqueue(5, 6)
+        return jid, await results.aget(jid)
+
+    jid, found = asyncio.run(main())
+    assert found is not None and found.status == "queued" and found.jid == jid
+
+
 def test_wait_times_out(store):
     jid = wj.add.enqueue(1, 1)
     with pytest.raises(TimeoutError):

@@ -17,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio
 
+from .batches import result_write_commands
 from .connection import CONNECT_TIMEOUT, SOCKET_TIMEOUT
 from .control import UniquePush, unique_holders, unique_push_call
 from .keys import Keys
@@ -34,7 +35,8 @@ _defaults: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncStorage] = 
 
 
 class AsyncStorage:
-    """The async verbs: push, schedule, push_unique (the enqueue side only)."""
+    """The async verbs: push, schedule, push_unique, write_job_results (the enqueue side
+    only)."""
 
     def __init__(self, client: redis.asyncio.Redis, keys: Keys):
         self.client = client
@@ -77,6 +79,15 @@ class AsyncStorage:
             keys, args = unique_push_call(self.keys, item)
             await self._unique_push(keys=keys, args=args, client=pipe)
         return unique_holders(await pipe.execute())
+
+    async def write_job_results(self, items: Sequence[tuple[str, Mapping[str, str], int]], *,
+                                status_if_new: bool = False) -> None:
+        """The sync verb's result records (``storage.batches.result_write_commands``)."""
+        if not items:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        result_write_commands(pipe, self.keys, items, status_if_new=status_if_new)
+        await pipe.execute()
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -76,6 +76,25 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
+def result_write_commands(pipe: Any, keys: Any,
+                          items: Sequence[tuple[str, Mapping[str, str], int]], *,
+                          status_if_new: bool) -> None:
+    """Queue on ``pipe`` (sync or asyncio: its commands only buffer) the writes of result
+    records: each (jid, fields, ttl) item's fields, and its TTL refreshed.
+
+    ``status_if_new``: a "queued"/"scheduled" record written after the push (the client's):
+    its ``status`` is set only where the record has none (HSETNX), so a worker that started
+    or even finished the job in between keeps its own."""
+    for jid, fields, ttl in items:
+        key = keys.job_result(jid)
+        rest = dict(fields)
+        if status_if_new and "status" in rest:
+            pipe.hsetnx(key, "status", rest.pop("status"))
+        if rest:
+            pipe.hset(key, mapping=rest)
+        pipe.expire(key, max(1, int(ttl)))
+
+
 class BatchOps(StorageBase):
     def _register_batch_scripts(self) -> None:
         """Called by ``Storage.__init__``: register this mixin's Lua scripts."""
@@ -259,16 +278,14 @@ class BatchOps(StorageBase):
 
     # -- job results ---------------------------------------------------------------------------
 
-    def write_job_results(self, items: Sequence[tuple[str, Mapping[str, str], int]]) -> None:
-        """Set fields of result records ((jid, fields, ttl) each) and refresh their TTLs."""
+    def write_job_results(self, items: Sequence[tuple[str, Mapping[str, str], int]], *,
+                          status_if_new: bool = False) -> None:
+        """Set fields of result records ((jid, fields, ttl) each) and refresh their TTLs, in
+        one round trip (:func:`result_write_commands` says what ``status_if_new`` does)."""
         if not items:
             return
         pipe = self.client.pipeline(transaction=False)
-        for jid, fields, ttl in items:
-            key = self.keys.job_result(jid)
-            # redis-py's mapping key type is invariant: no dict[str, str] fits it
-            pipe.hset(key, mapping=dict(fields))  # type: ignore[arg-type]
-            pipe.expire(key, max(1, int(ttl)))
+        result_write_commands(pipe, self.keys, items, status_if_new=status_if_new)
         pipe.execute()
 
     def start_job_result(self, jid: str, fields: Mapping[str, str], ttl: int) -> None:

@@ -338,5 +338,10 @@ class ThreadedAsyncStorage:
     async def push_unique(self, items: Sequence[UniquePush]) -> list[str | None]:
         return await asyncio.to_thread(self.store.push_unique, items)
 
+    async def write_job_results(self, items: Sequence[tuple[str, Mapping[str, str], int]], *,
+                                status_if_new: bool = False) -> None:
+        await asyncio.to_thread(self.store.write_job_results, items,
+                                status_if_new=status_if_new)
+
     async def close(self) -> None:
         """The sync client is shared with the rest of the process: nothing to close here."""
