@@ -57,3 +57,20 @@ async def wait_to_be_cancelled(token: str, seconds: float = 30) -> None:
         await _redis().hincrby("test:cleanup", token, 1)
         raise
     await _redis().hincrby("test:runs", token, 1)
+
+
+@job(result_ttl=600)
+async def crunch(steps: int = 3, seconds: float = 0.3) -> dict:
+    """Report progress at each step (its result record and the Busy page show it)."""
+    for step in range(1, steps + 1):
+        await asyncio.sleep(seconds)
+        current_job().progress(100 * step / steps, f"step {step} of {steps}")
+    return {"steps": steps}
+
+
+@job
+async def spawn(token: str, count: int) -> None:
+    """A batch member that adds ``count`` naps to its own batch."""
+    with current_job().batch:
+        for i in range(count):
+            await nap.aenqueue(f"{token}-{i}", 0.01)

@@ -214,6 +214,23 @@ def test_async_concurrency_caps_jobs_at_once(redis_client, worker_factory):
     assert wall >= 4 * 0.3 - 0.05  # 20 jobs, 5 at a time: 4 rounds
 
 
+def test_an_async_job_reports_progress_and_adds_to_its_batch(redis_client, worker_factory):
+    """Workflows are wired before an async job runs on the worker's loop, as for a threaded
+    one: its result reads "running" with its progress, and current_job().batch is its batch."""
+    from django_kiq import api, batch, results
+
+    jid = aj.crunch.enqueue(3, 0.4)
+    with batch(description="async spawn") as b:
+        aj.spawn.enqueue("s", 2)
+    worker = _start(worker_factory, "-c", "1")
+    running = wait_for(lambda: (r := results.get(jid)) and r.status == "running"
+                       and r.progress is not None and r, timeout=20, message=worker.output())
+    assert running.progress_message.startswith("step ") and running.started_at is not None
+    assert results.get(jid).wait(timeout=20).value == {"steps": 3}
+    wait_for(lambda: api.Batch(b.bid).succeeded, timeout=20, message=worker.output())
+    assert api.Batch(b.bid).total == 3 and _hget_int(redis_client, "test:runs", "s-1") == 1
+
+
 def test_a_failing_async_job_retries(redis_client, worker_factory):
     worker = _start(worker_factory, "-c", "1")
     aj.flaky.enqueue("f")

@@ -95,6 +95,7 @@ class TaskJob(CurrentJob):
                   deadline=current.deadline)
         job._loop = task.get_loop()
         job._task = task
+        job.extras.update(current.extras)  # what Processor.begin wired: progress, batch
         return job
 
     def begin(self) -> None:
@@ -246,6 +247,10 @@ class AsyncRunner:
     async def _execute(self, key: str, queue: str, raw: bytes) -> Outcome:
         admitted = self.processor.admit(queue, raw, key)
         if isinstance(admitted, JobContext):
+            if self.processor.asks_workflow(admitted):
+                # Before it runs: its result reads "running", current_job().progress() and
+                # .batch are wired. The record's write is a Redis round trip: off the loop.
+                await asyncio.to_thread(self.processor.begin, admitted)
             # Not registered here after all (the fetcher saw it async): the chain says so.
             admitted.awaited = (Awaited() if admitted.definition is None
                                 else await self._await(admitted))

@@ -60,8 +60,11 @@ class JobContext:
     current: CurrentJob | None = None  # what current_job() returns inside the job
     value: Any = None  # what the job returned (its result record keeps it: docs/workflows.md)
     reschedule: Any = None  # limit_rules.Reschedule: the job met a full limiter (limits.py)
-    # A batch job keeping no result: its success count (storage.BatchMark), which its done
-    # outcome carries (workflows.success_mark); None for any other job.
+    # What begin() wired for the job's workflow (docs/workflows.md): "result" (it keeps its
+    # result), "batch" (a batch job keeping none), or None (neither, or not begun yet).
+    workflow: str | None = None
+    # A "batch" job's success count (storage.BatchMark), which its done outcome carries
+    # (workflows.success_mark); None for any other job.
     batch: Any = None
     # How an async job run on the worker's event loop ended (worker/aio.py's Awaited).
     awaited: Awaited | None = None
@@ -151,37 +154,48 @@ class Processor:
         (:meth:`complete`; an async job awaited on the event loop has run already and only its
         end is replayed, see worker/aio.py), or the outcome of a job that did not start."""
         if isinstance(admitted, JobContext):
-            job = admitted.job
-            if "kiq_result_ttl" in job or self.settings.result_ttl:
-                return self._workflow(admitted)
-            if "bid" in job:
-                return self._batch_member(admitted)
-            return self.complete(admitted)
+            if admitted.workflow is None and self.asks_workflow(admitted):
+                self.begin(admitted)
+            if admitted.workflow is None:
+                return self.complete(admitted)
+            return self._workflow(admitted)
         if admitted.kind in ("cancelled", "expired") and (
                 b'"bid"' in raw or b'"kiq_result_ttl"' in raw or self.settings.result_ttl):
             return workflows.on_outcome(admitted, payload.decode(raw), None, self.settings)
         return admitted
 
-    def _workflow(self, ctx: JobContext) -> Outcome:
-        """A job with a result record or a batch: recorded as started, progress reported, and
-        its result and batch count added to its outcome (docs/workflows.md)."""
-        store = self.control.store if self.control is not None else None
-        workflows.on_start(ctx.current, ctx.job, self.settings, store,
-                           touch=self.control.on_change if self.control is not None else None)
-        outcome = self.complete(ctx)
-        return workflows.on_outcome(outcome, ctx.job, ctx.value, self.settings)
+    def asks_workflow(self, ctx: JobContext) -> bool:
+        """The job keeps its result or is in a batch (docs/workflows.md): :meth:`begin` it."""
+        job = ctx.job
+        return "kiq_result_ttl" in job or "bid" in job or self.settings.result_ttl is not None
 
-    def _batch_member(self, ctx: JobContext) -> Outcome:
-        """A job of a batch that keeps no result (most of a batch's drain): its success count
-        is built before it runs, so a done outcome carries it as built (:meth:`_done`), with
-        no second pass over the outcome; any other outcome is counted by ``on_outcome``."""
+    def begin(self, ctx: JobContext) -> None:
+        """Wire an admitted job's workflow before it runs: a job keeping its result is
+        recorded as running (a Redis write) and ``current_job().progress()`` reports to its
+        record; ``current_job().batch`` is its batch. A batch job keeping no result (most of
+        a batch's drain) gets its success count built now, so a done outcome carries it as
+        built (:meth:`_done`), with no second pass. :meth:`resolve` calls it for a job run on
+        a processor thread; worker/aio.py before it awaits an async job."""
         assert ctx.current is not None  # admit() set it
-        ctx.current.extras["batch"] = ctx.job  # CurrentJob.batch reads its lineage, if asked
-        ctx.batch = workflows.success_mark(ctx.job, self.settings)
+        job = ctx.job
+        if "kiq_result_ttl" in job or self.settings.result_ttl is not None:
+            ctx.workflow = "result"
+            store = self.control.store if self.control is not None else None
+            workflows.on_start(ctx.current, job, self.settings, store,
+                               touch=self.control.on_change if self.control is not None
+                               else None)
+        elif "bid" in job:
+            ctx.workflow = "batch"
+            ctx.current.extras["batch"] = job  # CurrentJob.batch reads its lineage, if asked
+            ctx.batch = workflows.success_mark(job, self.settings)
+
+    def _workflow(self, ctx: JobContext) -> Outcome:
+        """A begun job's run: its result and batch count added to its outcome (a "batch"
+        job's success carries its count already)."""
         outcome = self.complete(ctx)
-        if outcome.kind == "done":
+        if ctx.workflow == "batch" and outcome.kind == "done":
             return outcome
-        return workflows.on_outcome(outcome, ctx.job, None, self.settings)
+        return workflows.on_outcome(outcome, ctx.job, ctx.value, self.settings)
 
     def admit(self, queue: str, raw: bytes, thread: str) -> JobContext | Outcome:
         """Decode a fetched job and check that it may start: its context, or the outcome of a
