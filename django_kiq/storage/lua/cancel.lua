@@ -11,11 +11,8 @@
 --           caller: Redis Cluster's queue step); ARGV[4] the exact member
 -- ARGV[5]   how many recent cancellations to keep
 -- ARGV[6]   "1" to record the cancellation, "0" to only remove the waiting member
--- ARGV[7]   the cleanups of a job that keeps a result or is in a batch, in settle.lua's layout
---           (storage.workflow_settle_args): "" or any of "r" (KEYS: the result hash and its
---           "done" list; ARGV from 8: TTL, finished "1"/"0", F, then F field/value pairs) and
---           "b" (KEYS: the schedule set, then 4 keys per batch level; ARGV: the outcome, the
---           member, the number of levels, the batch TTL)
+-- ARGV[7]   the cleanups of a job that keeps a result or is in a batch, "" or any of "r" and
+--           "b", their values from ARGV[8]: settle.lua's layout (workflow_lib.lua reads it)
 --
 -- Recording it first means a worker that fetches the job anyway (it moved between the caller's
 -- read and this script, or its process died and it was recovered) drops it instead of running
@@ -26,6 +23,7 @@
 -- Returns 1 if the waiting member was removed, else 0.
 
 -- include: batch_lib.lua
+-- include: workflow_lib.lua
 
 if ARGV[6] == '1' then
   local seq = redis.call('INCR', KEYS[2])
@@ -45,26 +43,13 @@ if removed == 1 then
   if KEYS[4] ~= KEYS[1] and redis.call('GET', KEYS[4]) == ARGV[1] then
     redis.call('DEL', KEYS[4])
   end
-  local cleanups, k, a = ARGV[7] or '', 6, 8
-  if string.find(cleanups, 'r', 1, true) then
-    local ttl, nf = ARGV[a], tonumber(ARGV[a + 2])
-    local fields = {}
-    for j = 1, 2 * nf do fields[j] = ARGV[a + 2 + j] end
-    if #fields > 0 then redis.call('HSET', KEYS[k], unpack(fields)) end
-    redis.call('EXPIRE', KEYS[k], ttl)
-    if ARGV[a + 1] == '1' then
-      redis.call('RPUSH', KEYS[k + 1], '1')
-      redis.call('EXPIRE', KEYS[k + 1], ttl)
-    end
-    k, a = k + 2, a + 3 + 2 * nf
+  local result, batch = workflow_read(KEYS, ARGV, ARGV[7] or '', 5, 7)
+  if result then
+    workflow_write_result(result)
   end
-  if string.find(cleanups, 'b', 1, true) then
-    local levels = {}
-    for j = 1, tonumber(ARGV[a + 2]) do
-      local at = k + 1 + (j - 1) * 4
-      levels[j] = {KEYS[at], KEYS[at + 1], KEYS[at + 2], KEYS[at + 3]}
-    end
-    batch_apply(levels, 1, ARGV[a + 1], ARGV[a], KEYS[k], batch_now(), ARGV[a + 3])
+  if batch then
+    batch_apply(batch.levels, 1, batch.member, batch.outcome, batch.sched, batch_now(),
+                batch.ttl)
   end
 end
 return removed

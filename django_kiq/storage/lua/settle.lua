@@ -42,6 +42,7 @@
 -- stopped it.
 
 -- include: batch_lib.lua
+-- include: workflow_lib.lua
 -- include: settle_lib.lua
 
 return settle(KEYS, ARGV)

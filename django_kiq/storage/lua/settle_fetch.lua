@@ -10,6 +10,7 @@
 -- this one atomic call, so a crash still leaves every job in exactly one place.
 
 -- include: batch_lib.lua
+-- include: workflow_lib.lua
 -- include: settle_lib.lua
 -- include: fetch_lib.lua
 

@@ -1,6 +1,6 @@
 -- settle_lib.lua: settle.lua's step as a function, settle(KEYS, ARGV), so that a script can run
 -- it on part of its keys and arguments (settle_fetch.lua). Not a script of its own: included
--- after "-- include: batch_lib.lua" (it calls the batch functions). settle.lua documents the
+-- after "-- include: batch_lib.lua" and "-- include: workflow_lib.lua" (it calls both). settle.lua documents the
 -- keys, the arguments and what it returns.
 
 local function settle(KEYS, ARGV)
@@ -19,21 +19,8 @@ local function settle(KEYS, ARGV)
     local lock_jid, cleanup = ARGV[base + 5], ARGV[base + 6]
     local dest, lock, cursor, counter = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
     base, k = base + 6, k + 4
-    local result, batch = nil, nil
-    if string.find(cleanup, 'r', 1, true) then
-      local nf = tonumber(ARGV[base + 3])
-      result = {KEYS[k + 1], KEYS[k + 2], ARGV[base + 1], ARGV[base + 2], base + 3, nf}
-      base, k = base + 3 + 2 * nf, k + 2
-    end
-    if string.find(cleanup, 'b', 1, true) then
-      local levels = {}
-      for j = 1, tonumber(ARGV[base + 3]) do
-        local at = k + 1 + (j - 1) * 4
-        levels[j] = {KEYS[at + 1], KEYS[at + 2], KEYS[at + 3], KEYS[at + 4]}
-      end
-      batch = {KEYS[k + 1], ARGV[base + 1], ARGV[base + 2], levels, ARGV[base + 4]}
-      base, k = base + 4, k + 1 + 4 * #levels
-    end
+    local result, batch
+    result, batch, k, base = workflow_read(KEYS, ARGV, cleanup, k, base)
     local removed = redis.call('LREM', wip, -1, old)
     flags[i] = removed
     if removed == 1 then
@@ -61,28 +48,21 @@ local function settle(KEYS, ARGV)
         redis.call('INCR', counter)
       end
       if result then
-        local fields = {}
-        for j = 1, 2 * result[6] do fields[j] = ARGV[result[5] + j] end
-        if #fields > 0 then redis.call('HSET', result[1], unpack(fields)) end
-        redis.call('EXPIRE', result[1], result[3])
-        if result[4] == '1' then
-          redis.call('RPUSH', result[2], '1')
-          redis.call('EXPIRE', result[2], result[3])
-        end
+        workflow_write_result(result)
       end
       if batch then
         now = now or batch_now()
-        if batch[2] == 's' then
-          local levels = batch[4]
+        if batch.outcome == 's' then
+          local levels = batch.levels
           local group = succeeded[levels[1][1]]
           if not group then
-            group = {levels, batch[1], batch[5], {}}
+            group = {levels, batch.sched, batch.ttl, {}}
             succeeded[levels[1][1]] = group
             groups[#groups + 1] = group
           end
-          group[4][#group[4] + 1] = batch[3]
+          group[4][#group[4] + 1] = batch.member
         else
-          batch_apply(batch[4], 1, batch[3], batch[2], batch[1], now, batch[5])
+          batch_apply(batch.levels, 1, batch.member, batch.outcome, batch.sched, now, batch.ttl)
         end
       end
     end
