@@ -111,13 +111,9 @@ def on_start(current: Any, job: dict[str, Any], settings: KiqSettings,
 
 def on_outcome(outcome: Any, job: dict[str, Any], value: Any, settings: KiqSettings) -> Any:
     """``outcome`` with its result record and batch count added (unchanged if neither)."""
-    lineage = batches.lineage_of(job) if "bid" in job else ()
     ttl = result_ttl(job, settings)
     status, finished, count = status_of(outcome.kind)
-    mark = None
-    if lineage and count is not None:
-        mark = storage.BatchMark(bids=lineage, member=str(job.get("jid")), outcome=count,
-                                 ttl=settings.batch_ttl)
+    mark = _mark(job, count, settings) if "bid" in job and count is not None else None
     if ttl is None:
         if mark is None:
             return outcome
@@ -151,10 +147,15 @@ def success_mark(job: dict[str, Any], settings: KiqSettings) -> storage.BatchMar
     it is in none. The processor builds it before a batch job that keeps no result runs, so
     the job's done outcome carries it from the start (most of a batch's drain, µs per job);
     any other outcome goes through :func:`on_outcome`."""
+    return _mark(job, "s", settings)
+
+
+def _mark(job: dict[str, Any], count: str, settings: KiqSettings) -> storage.BatchMark | None:
+    """``job``'s outcome ``count`` ("s", "f" or "d") in its batch, or None if it is in none."""
     lineage = batches.lineage_of(job)
     if not lineage:
         return None
-    return storage.BatchMark(lineage, str(job.get("jid")), "s", settings.batch_ttl)
+    return storage.BatchMark(lineage, str(job.get("jid")), count, settings.batch_ttl)
 
 
 def requeued_cleanups(job: dict[str, Any], status: str = "queued",
@@ -177,46 +178,35 @@ def cancelled_cleanups(job: dict[str, Any],
     """The ``result``/``batch`` of a waiting ``job`` that ``api.cancel`` removes: its result
     reads "cancelled" (finished: waiters wake) and it counts as failed in its batch, as when a
     worker drops a job cancelled before it started. Empty when it asked for neither."""
-    from .conf import get_settings
-
-    settings = settings or get_settings()
-    if "bid" not in job and "kiq_result_ttl" not in job and settings.result_ttl is None:
-        return {}
-    cleanups: dict[str, Any] = {}
-    lineage = batches.lineage_of(job)
-    if lineage:
-        cleanups["batch"] = storage.BatchMark(bids=lineage, member=str(job.get("jid")),
-                                              outcome=status_of("cancelled")[2] or "f",
-                                              ttl=settings.batch_ttl)
-    ttl = result_ttl(job, settings)
-    if ttl is not None:
-        fields = (("status", "cancelled"), ("finished_at", repr(time.time())))
-        cleanups["result"] = storage.ResultWrite(jid=str(job.get("jid")), ttl=ttl,
-                                                 fields=fields, finished=True)
-    return cleanups
+    return _ended_cleanups(job, settings, "cancelled", {"status": "cancelled"})
 
 
 def dead_cleanups(job: dict[str, Any], settings: KiqSettings | None = None) -> dict[str, Any]:
     """The ``result``/``batch`` fields of a settle entry sending ``job`` dead outside the
     processor's run (a poison pill found by orphan recovery or a shutdown's cutoff): counted
     dead in its batch (``on_death``), its result failed. Empty when it asked for neither."""
+    return _ended_cleanups(job, settings, "dead", {
+        "status": "failed", "attempt": str(attempt_of(job)),
+        "error": _error_json(job, backtrace=None)})
+
+
+def _ended_cleanups(job: dict[str, Any], settings: KiqSettings | None, kind: str,
+                    fields: dict[str, str]) -> dict[str, Any]:
+    """A job ending as outcome ``kind`` outside a processor's run: its count in its batch
+    (``STATUS``) and its result finished with ``fields``. Empty when it asked for neither."""
     from .conf import get_settings
 
     settings = settings or get_settings()
     if "bid" not in job and "kiq_result_ttl" not in job and settings.result_ttl is None:
         return {}
-    lineage = batches.lineage_of(job)
     cleanups: dict[str, Any] = {}
-    if lineage:
-        cleanups["batch"] = storage.BatchMark(bids=lineage, member=str(job.get("jid")),
-                                              outcome="d", ttl=settings.batch_ttl)
+    count = status_of(kind)[2]
+    mark = _mark(job, count, settings) if count is not None else None
+    if mark is not None:
+        cleanups["batch"] = mark
     ttl = result_ttl(job, settings)
     if ttl is not None:
-        fields = {"status": "failed", "attempt": str(attempt_of(job)),
-                  "finished_at": repr(time.time()),
-                  "error": json.dumps({"class": job.get("error_class", ""),
-                                       "message": job.get("error_message", ""),
-                                       "backtrace": None})}
+        fields = {**fields, "finished_at": repr(time.time())}
         cleanups["result"] = storage.ResultWrite(jid=str(job.get("jid")), ttl=ttl,
                                                  fields=tuple(fields.items()), finished=True)
     return cleanups
@@ -239,7 +229,12 @@ def _error_of(raw: bytes) -> str:
     try:
         job = json.loads(raw)
     except ValueError:
-        return json.dumps({"class": "", "message": "", "backtrace": None})
+        return _error_json({}, backtrace=None)
+    return _error_json(job, backtrace=job.get("error_backtrace"))
+
+
+def _error_json(job: dict[str, Any], *, backtrace: Any) -> str:
+    """A result record's ``error``: the job hash's error class and message, and
+    ``backtrace``."""
     return json.dumps({"class": job.get("error_class", ""),
-                       "message": job.get("error_message", ""),
-                       "backtrace": job.get("error_backtrace")})
+                       "message": job.get("error_message", ""), "backtrace": backtrace})
