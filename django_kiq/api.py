@@ -477,7 +477,8 @@ class ProcessSet:
 
 # -- finding a job by its jid -------------------------------------------------------------
 
-def locate(jid: str, *, store: storage.Storage | None = None) -> Location | None:
+def locate(jid: str, *, store: storage.Storage | None = None,
+           waiting_only: bool = False) -> Location | None:
     """Where the job ``jid`` waits or runs now, or None if it is nowhere (finished, deleted,
     or never there).
 
@@ -485,6 +486,7 @@ def locate(jid: str, *, store: storage.Storage | None = None) -> Location | None
     the retry set, the dead set; each read a page at a time (a queue or set of a million jobs
     is scanned, never loaded whole: a slow call on such a queue, for a page's link or a shell).
     A job that moves while the search runs may be missed: None means "not found just now".
+    ``waiting_only``: the schedule set, the queues and the retry set (``cancel``'s search).
     """
     store = store or storage.get_default()
     scheduled = ScheduledSet(store=store).find(jid)
@@ -494,11 +496,11 @@ def locate(jid: str, *, store: storage.Storage | None = None) -> Location | None
         queued = queue.find(jid)
         if queued is not None:
             return Location(place="queue", name=queue.name, record=queued)
-    for process in ProcessSet(store=store).list():
+    for process in () if waiting_only else ProcessSet(store=store).list():
         for work in process.work:
             if work.job.jid == jid:
                 return Location(place="busy", name=process.identity, record=work.job)
-    for job_set in (RetrySet, DeadSet):
+    for job_set in (RetrySet,) if waiting_only else (RetrySet, DeadSet):
         found = job_set(store=store).find(jid)
         if found is not None:
             return Location(place=job_set.name, name=job_set.name, record=found)

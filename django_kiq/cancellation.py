@@ -3,11 +3,11 @@
 Runs in the caller's thread (a view, a shell, the admin). The cancellation is recorded first
 (``cancel.lua``), so whatever happens next the job never starts: a worker that fetches it, or
 recovers it from a dead process, drops it, and a worker running it has :class:`JobCancelled`
-raised in it by its watchdog within a second. Then the job is looked for where it may be, in
-the order that costs least: in progress (the processes' in-progress lists), the schedule and
-retry sets, the queues;
-a waiting job is removed, counted in ``stat:cancelled``, its unique lock released, its result
-marked "cancelled" and its batch told (a failure there) in one atomic step. Reads are paged: a million waiting jobs never load into memory.
+raised in it by its watchdog within a second. Then the job is looked for where it may be: in
+progress (the processes' in-progress lists), then where it waits (``api.locate``: the schedule
+set, the queues, the retry set); a waiting job is removed, counted in ``stat:cancelled``, its
+unique lock released, its result marked "cancelled" and its batch told (a failure there) in one
+atomic step. Reads are paged: a million waiting jobs never load into memory.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def cancel(jid: str, *, by: str | None = None,
 
     ``by`` names who cancelled it (the admin passes the user), for the worker's log line.
     """
-    from .api import Queue, RetrySet, ScheduledSet  # the API's readers; api re-exports us
+    from .api import locate  # the API's search; api re-exports us
 
     if not isinstance(jid, str) or not jid:
         raise ValueError(f"cancel() needs a jid, not {jid!r}")
@@ -38,16 +38,17 @@ def cancel(jid: str, *, by: str | None = None,
         logger.info("cancel jid=%s: running; its worker raises JobCancelled in it%s", jid,
                     f" (by {who})" if who else "")
         return "running"
-    for job_set, where in ((ScheduledSet(store=store), "scheduled"),
-                           (RetrySet(store=store), "retry")):
-        record = job_set.find(jid)
-        if record is not None and _remove(store, record, "zset", job_set.name, who):
-            return where
-    for queue in Queue.all(store=store):
-        record = queue.find(jid)
-        if record is not None and _remove(store, record, "list", queue.name, who):
-            return "queue"
-    return None
+    found = locate(jid, store=store, waiting_only=True)
+    if found is None:
+        return None
+    kind, container = ("list", found.name) if found.place == "queue" else ("zset", found.place)
+    if not _remove(store, found.record, kind, container, who):
+        return None  # it moved meanwhile: recorded, it still never runs
+    return WHERE[found.place]
+
+
+#: api.locate's places -> what cancel() returns
+WHERE = {"queue": "queue", "schedule": "scheduled", "retry": "retry"}
 
 
 def _running(store: storage.Storage, jid: str) -> bool:
