@@ -11,6 +11,7 @@ values of :class:`ResultWrite` and :class:`BatchMark`.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -65,6 +66,13 @@ class BatchPush(NamedTuple):
     raw: bytes
     queue: str = ""
     at: float | None = None
+
+
+def _runs(jobs: Sequence[BatchPush]) -> list[tuple[str | None, list[BatchPush]]]:
+    """``jobs`` as runs of consecutive pushes to one destination, in order: (queue name, or
+    None for the schedule set, the run's jobs). Most calls are one run."""
+    return [(where, list(run)) for where, run in
+            itertools.groupby(jobs, key=lambda push: push.queue if push.at is None else None)]
 
 
 def _flat(fields: Mapping[str, str] | Sequence[tuple[str, str]]) -> list[str]:
@@ -175,73 +183,46 @@ class BatchOps(StorageBase):
             "s" if seal is not None else "")
         args: list = [flags, len(ancestors), ttl, len(create or {}), *_flat(create or {})]
         args += [len(seal or ()), *[v for cb in (seal or ()) for v in cb]]
-        # The jobs as runs of consecutive pushes to one queue (or to the schedule set), in
-        # order: a run's key and name once, then its jobs (most calls are one run).
-        runs_at, runs, count_at, count = len(args), 0, 0, 0
-        last: str | None = None
-        args.append(0)
-        for jid, raw, queue, at in jobs:  # unpacked: a tuple's fields, read per job
-            where = queue if at is None else None  # None: the schedule set
-            if runs == 0 or where != last:
-                if runs:
-                    args[count_at] = count
-                keys.append(k.schedule if where is None else k.queue(where))
-                args += ("z", "", 0) if where is None else ("q", where, 0)
-                runs, count_at, count, last = runs + 1, len(args) - 1, 0, where
-            if where is not None:
-                args += (jid, raw)
+        # The jobs as runs (see _runs): a run's key and name once, then its jobs.
+        runs = _runs(jobs)
+        args.append(len(runs))
+        for where, run in runs:
+            if where is None:
+                keys.append(k.schedule)
+                args += ("z", "", len(run))
+                for push in run:
+                    args += (push.jid, repr(float(push.at or 0)), push.raw)
             else:
-                args += (jid, repr(float(at or 0)), raw)
-            count += 1
-        if runs:
-            args[count_at] = count
-        args[runs_at] = runs
+                keys.append(k.queue(where))
+                args += ("q", where, len(run))
+                for push in run:
+                    args += (push.jid, push.raw)
         return int(self._batch(keys=keys, args=args)) == 1
 
     def _batch_push(self, bid: str, ttl: int, jobs: Sequence[BatchPush]) -> None:
         """Push ``jobs`` into the batch in one MULTI: what batch.lua does for jobs alone, as
         plain commands (no condition decides any of them), without the script's copy of every
         argument into Lua: about half the batch's enqueue cost on the Redis side. Jobs keep
-        their order: one LPUSH or ZADD per run of consecutive jobs with one destination."""
+        their order: one LPUSH (per 1,000) or ZADD per run (see _runs)."""
         k = self.keys
         pipe = self.client.pipeline(transaction=True)
         queues: set[str] = set()
-        jids: list[str] = []
-        run: list = []
-        last: str | None = None
-        for jid, raw, queue, at in jobs:  # unpacked: a tuple's fields, read per job
-            jids.append(jid)
-            where = queue if at is None else None  # None: the schedule set
-            if where != last or not run:  # a new run (run is empty only before the first)
-                if run:
-                    self._push_run(pipe, last, run)
-                    run = []
-                if where is not None:
-                    queues.add(where)
-            last = where
+        for where, run in _runs(jobs):
             if where is None:
-                run += (raw, at)
-            else:
-                run.append(raw)
-        self._push_run(pipe, last, run)
+                pipe.zadd(k.schedule, {push.raw: float(push.at or 0) for push in run})
+                continue
+            queues.add(where)
+            for start in range(0, len(run), 1000):
+                pipe.lpush(k.queue(where), *[push.raw for push in run[start:start + 1000]])
         if queues:
             pipe.sadd(k.queues, *queues)
         pending = k.batch_set(bid, "pending")
+        jids = [push.jid for push in jobs]
         for start in range(0, len(jids), 1000):
             pipe.sadd(pending, *jids[start:start + 1000])
         pipe.hincrby(k.batch(bid), "total", len(jids))
         pipe.expire(pending, ttl)
         pipe.execute()
-
-    def _push_run(self, pipe: Any, where: str | None, run: list) -> None:
-        """One run of :meth:`_batch_push`: payloads onto a queue (``where``), or (payload, at)
-        pairs, flattened, into the schedule set (``where`` None)."""
-        if where is not None:
-            for start in range(0, len(run), 1000):
-                pipe.lpush(self.keys.queue(where), *run[start:start + 1000])
-        else:
-            pipe.zadd(self.keys.schedule, {run[i]: float(run[i + 1] or 0)
-                                           for i in range(0, len(run), 2)})
 
     # -- batches: reading ----------------------------------------------------------------------
 
