@@ -247,7 +247,7 @@ class AsyncRunner:
     async def _execute(self, key: str, queue: str, raw: bytes) -> Outcome:
         admitted = self.processor.admit(queue, raw, key)
         if isinstance(admitted, JobContext):
-            if self.processor.asks_workflow(admitted):
+            if self.processor.asks_workflow(admitted.job):
                 # Before it runs: its result reads "running", current_job().progress() and
                 # .batch are wired. The record's write is a Redis round trip: off the loop.
                 await asyncio.to_thread(self.processor.begin, admitted)

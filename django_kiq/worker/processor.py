@@ -154,7 +154,7 @@ class Processor:
         (:meth:`complete`; an async job awaited on the event loop has run already and only its
         end is replayed, see worker/aio.py), or the outcome of a job that did not start."""
         if isinstance(admitted, JobContext):
-            if admitted.workflow is None and self.asks_workflow(admitted):
+            if admitted.workflow is None and self.asks_workflow(admitted.job):
                 self.begin(admitted)
             if admitted.workflow is None:
                 return self.complete(admitted)
@@ -164,9 +164,9 @@ class Processor:
             return workflows.on_outcome(admitted, payload.decode(raw), None, self.settings)
         return admitted
 
-    def asks_workflow(self, ctx: JobContext) -> bool:
-        """The job keeps its result or is in a batch (docs/workflows.md): :meth:`begin` it."""
-        job = ctx.job
+    def asks_workflow(self, job: dict[str, Any]) -> bool:
+        """The job keeps its result or is in a batch (docs/workflows.md): :meth:`begin` it,
+        and its outcome goes through ``workflows.on_outcome``."""
         return "kiq_result_ttl" in job or "bid" in job or self.settings.result_ttl is not None
 
     def begin(self, ctx: JobContext) -> None:
@@ -336,7 +336,7 @@ class Processor:
                              definition=registry.get(job["class"]))
             ctx.decision = self._decide(ctx, exc)
             outcome = self._outcome(ctx)
-            if "bid" in job or "kiq_result_ttl" in job or self.settings.result_ttl:
+            if self.asks_workflow(job):
                 outcome = workflows.on_outcome(outcome, job, None, self.settings)
             return outcome
         except BaseException as error:  # noqa: BLE001 - as process(): dead with the reason
