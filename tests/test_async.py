@@ -237,6 +237,9 @@ def test_a_failing_async_job_retries(redis_client, worker_factory):
     wait_for(lambda: _hget_int(redis_client, "test:runs", "f") == 1, timeout=30,
              message=worker.output())
     assert _hget_int(redis_client, "test:attempts", "f") == 3
+    # Counts reach stat:* with the heartbeat; the last one is written as the worker stops.
+    worker.send(signal.SIGTERM)
+    assert worker.wait(20) == 0
     assert _stat(redis_client, "failed") == 2
     assert "ValueError: attempt 1 failed" in worker.output()
 
