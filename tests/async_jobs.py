@@ -40,7 +40,7 @@ async def flaky(token: str) -> str:
 
 @job(timeout=0.5, retry=0)
 async def overrun(token: str) -> None:
-    await _redis().hincrby("test:started", token, 1)
+    await _redis().hset("test:started_at", token, repr(time.time()))
     await asyncio.sleep(30)
     await _redis().hincrby("test:runs", token, 1)
 

@@ -18,6 +18,7 @@ def _redis():
 def spin(token):
     """A Python loop past its 0.5 s limit: JobTimeout interrupts it."""
     _redis().hset("test:thread", token, threading.current_thread().name)
+    _redis().hset("test:started_at", token, repr(time.time()))
     while True:
         sum(range(100))
 

@@ -510,3 +510,4 @@ def test_limits_page_lists_limiters_and_resets_with_manage_permission(user_clien
     done = manager.post(LIMITS_URL, {"action": "reset", "name": "erp"}, follow=True)
     assert "Reset limiter erp" in done.text
     assert {r.name: r.in_use for r in api.limits()}["erp"] == 0
+    erp.__exit__(None, None, None)  # released, so no lease outlives the test
