@@ -203,6 +203,24 @@ def test_nested_batches_count_as_one_job_until_their_callbacks_ran(redis_client,
     assert api.Batch(outer.bid).total == 3  # o1, the inner batch, the inner's callback
 
 
+def test_a_callback_that_fails_and_retries_fires_once_and_holds_its_parent(redis_client,
+                                                                          worker_factory):
+    with batch(description="outer", on_success=wj.ledger.s("outer")) as outer:
+        with batch(description="inner", on_success=wj.flaky_ledger.s("inner")) as inner:
+            wj.work.enqueue("i1")
+    worker = _start(worker_factory, "-c", "2")
+    wait_for(lambda: _ledger(redis_client).get("outer"), timeout=20, message=worker.output())
+    time.sleep(1.0)  # a second firing would be on its way by now
+    assert int(redis_client.hget("test:attempts", "inner")) == 2  # failed once, then retried
+    assert _ledger(redis_client) == {"inner": 1, "outer": 1}
+    at = {k.decode(): float(v) for k, v in redis_client.hgetall("test:ledger:at").items()}
+    assert at["inner"] <= at["outer"]  # the parent waited for the retried callback
+    fired = api.Batch(inner.bid).callbacks["success"]
+    assert fired["fired_at"] is not None
+    assert redis_client.zcard("retry") == 0 and redis_client.zcard("dead") == 0
+    assert api.Batch(outer.bid).succeeded
+
+
 # -- chains and groups ------------------------------------------------------------------------
 
 def test_a_chain_runs_in_order_passing_results(redis_client, worker_factory):

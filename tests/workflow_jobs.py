@@ -54,6 +54,18 @@ def ledger(name, batch_id=None):
     client.hset("test:ledger:bid", name, batch_id or "")
 
 
+def _at_once(count, exc):
+    return 0
+
+
+@job(retry=3, retry_in=_at_once)
+def flaky_ledger(name, batch_id=None):
+    """A callback whose first attempt fails: retried at once, then recorded like ``ledger``."""
+    if _redis().hincrby("test:attempts", name, 1) == 1:
+        raise RuntimeError(f"{name}: first attempt fails")
+    ledger(name, batch_id=batch_id)
+
+
 @job(result_ttl=600)
 def summary(batch_id=None):
     """A callback keeping its result: the batch's counts when it ran."""
