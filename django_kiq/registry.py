@@ -115,9 +115,9 @@ def validate_options(options: dict[str, Any], *, where: str) -> None:
         raise ValueError(f"{where}: backtrace must be a bool or a line count, not {backtrace!r}")
     if not isinstance(options.get("dead", True), bool):
         raise ValueError(f"{where}: dead must be a bool")
-    for key in ("retry_in", "on_exhausted"):
-        if options.get(key) is not None and not callable(options[key]):
-            raise TypeError(f"{where}: {key} must be callable")
+    for key, params in HOOK_PARAMS.items():
+        if options.get(key) is not None:
+            _check_hook(options[key], key, params, where)
     tags = options.get("tags", ())
     if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
         raise TypeError(f"{where}: tags must be a list of strings")
@@ -125,6 +125,26 @@ def validate_options(options: dict[str, Any], *, where: str) -> None:
         validate_cron(options["cron"], options.get("timezone"), where=where)
     _validate_execution(options, where)
     del queue
+
+
+#: The hooks a job may name, and the positional arguments the worker calls each with.
+HOOK_PARAMS = {"retry_in": "count, exc, job", "on_exhausted": "job, exc"}
+
+
+def _check_hook(hook: Any, key: str, params: str, where: str) -> None:
+    """A hook must take the worker's arguments: a wrong arity found only at a failure would
+    quietly fall back to the default (retry_in) or log and do nothing (on_exhausted)."""
+    if not callable(hook):
+        raise TypeError(f"{where}: {key} must be callable")
+    try:
+        signature = inspect.signature(hook)
+    except (TypeError, ValueError):
+        return  # some builtins have no signature to check; they are called as they are
+    try:
+        signature.bind(*params.split(", "))
+    except TypeError:
+        raise TypeError(f"{where}: {key} is called as {key}({params}); "
+                        f"{getattr(hook, '__qualname__', hook)!r} takes {signature}") from None
 
 
 def _positive(value: Any) -> bool:

@@ -53,6 +53,27 @@ def test_bad_option_values_rejected():
         job(cron="* * * * *", timezone="Mars/Olympus")
 
 
+def _two(count, exc):
+    return 1
+
+
+def _three(count, exc, job, extra=None):
+    return 1
+
+
+def test_hooks_must_take_the_workers_arguments():
+    with pytest.raises(TypeError, match=r"retry_in is called as retry_in\(count, exc, job\)"):
+        job(retry_in=_two)
+    with pytest.raises(TypeError, match=r"on_exhausted is called as on_exhausted\(job, exc\)"):
+        job(on_exhausted=_three)
+    with pytest.raises(TypeError, match="retry_in must be callable"):
+        job(retry_in=5)
+    with pytest.raises(TypeError, match="retry_in"):
+        jobs.record.set(retry_in=_two)
+    assert job(retry_in=_three, on_exhausted=lambda *a: None)
+    assert job(retry_in=lambda count, exc, job: 1, on_exhausted=lambda job, exc, **kw: None)
+
+
 def test_duplicate_name_rejected():
     with pytest.raises(ValueError, match="already registered"):
         job(name="tests.jobs.record")(_module_level_other)

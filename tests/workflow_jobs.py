@@ -54,7 +54,7 @@ def ledger(name, batch_id=None):
     client.hset("test:ledger:bid", name, batch_id or "")
 
 
-def _at_once(count, exc):
+def _at_once(count, exc, job):
     return 0
 
 
