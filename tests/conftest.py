@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -186,15 +187,20 @@ def fill_redis(client) -> None:
             pass
 
 
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, message: str = ""):
-    """Poll ``predicate`` until it returns a truthy value; fail with ``message`` on timeout."""
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02,
+             message: str | Callable[[], str] = ""):
+    """Poll ``predicate`` until it returns a truthy value; fail with ``message`` on timeout.
+
+    ``message`` may be a callable (``worker.output``): it is called at the timeout, so the
+    failure shows what a worker logged up to then, not before it started."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(message or f"condition not met within {timeout}s")
+            text = message() if callable(message) else message
+            raise AssertionError(text or f"condition not met within {timeout}s")
         time.sleep(interval)
 
 

@@ -190,7 +190,7 @@ def test_a_thousand_concurrent_sleeps(redis_client, worker_factory):
     aj.nap.enqueue_many([(f"n{i}", 0.1) for i in range(1000)])
     worker = _start(worker_factory, "-c", "5", "--async-concurrency", "500")
     wait_for(lambda: redis_client.llen("test:async:spans") == 1000, timeout=30,
-             message=worker.output())
+             message=worker.output)
     spans = _spans(redis_client)
     wall = max(end for _, end in spans) - min(start for start, _ in spans)
     # docs/jobs.md has the figure measured by bench/async_sleep.py (under 1 s); loose here.
@@ -206,7 +206,7 @@ def test_async_concurrency_caps_jobs_at_once(redis_client, worker_factory):
     aj.nap.enqueue_many([(f"c{i}", 0.3) for i in range(20)])
     worker = _start(worker_factory, "-c", "2", "--async-concurrency", "5")
     wait_for(lambda: redis_client.llen("test:async:spans") == 20, timeout=30,
-             message=worker.output())
+             message=worker.output)
     spans = sorted(_spans(redis_client))
     most = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
     assert most <= 5
@@ -224,10 +224,10 @@ def test_an_async_job_reports_progress_and_adds_to_its_batch(redis_client, worke
         aj.spawn.enqueue("s", 2)
     worker = _start(worker_factory, "-c", "1")
     running = wait_for(lambda: (r := results.get(jid)) and r.status == "running"
-                       and r.progress is not None and r, timeout=20, message=worker.output())
+                       and r.progress is not None and r, timeout=20, message=worker.output)
     assert running.progress_message.startswith("step ") and running.started_at is not None
     assert results.get(jid).wait(timeout=20).value == {"steps": 3}
-    wait_for(lambda: api.Batch(b.bid).succeeded, timeout=20, message=worker.output())
+    wait_for(lambda: api.Batch(b.bid).succeeded, timeout=20, message=worker.output)
     assert api.Batch(b.bid).total == 3 and _hget_int(redis_client, "test:runs", "s-1") == 1
 
 
@@ -235,7 +235,7 @@ def test_a_failing_async_job_retries(redis_client, worker_factory):
     worker = _start(worker_factory, "-c", "1")
     aj.flaky.enqueue("f")
     wait_for(lambda: _hget_int(redis_client, "test:runs", "f") == 1, timeout=30,
-             message=worker.output())
+             message=worker.output)
     assert _hget_int(redis_client, "test:attempts", "f") == 3
     # Counts reach stat:* with the heartbeat; the last one is written as the worker stops.
     worker.send(signal.SIGTERM)
@@ -248,7 +248,7 @@ def test_an_async_job_past_its_limit_fails_with_jobtimeout(redis_client, worker_
     worker = _start(worker_factory, "-c", "1")
     aj.overrun.enqueue("t")
     aj.nap.enqueue("after", 0.01)  # the loop runs on
-    wait_for(lambda: redis_client.zcard("dead") == 1, timeout=20, message=worker.output())
+    wait_for(lambda: redis_client.zcard("dead") == 1, timeout=20, message=worker.output)
     [dead] = [json.loads(m) for m in redis_client.zrange("dead", 0, -1)]
     assert dead["error_class"] == "django_kiq.exceptions.JobTimeout"
     assert "time limit of 0.5s" in dead["error_message"]
@@ -262,7 +262,7 @@ def test_cancel_a_running_async_job(redis_client, worker_factory):
     worker = _start(worker_factory, "-c", "1")
     jid = aj.wait_to_be_cancelled.enqueue("run")
     wait_for(lambda: _hget_int(redis_client, "test:started", "run"), timeout=20,
-             message=worker.output())
+             message=worker.output)
     assert redis_client.hget("test:ctx", "run").decode() == jid  # current_job() in a task
     cancel_while_running(redis_client, worker, jid, "run")
 
@@ -271,7 +271,7 @@ def test_async_jobs_of_a_killed_worker_are_recovered(redis_client, worker_factor
     first = _start(worker_factory, "-c", "1", "--async-concurrency", "50")
     aj.wait_to_be_cancelled.enqueue_many([(f"k{i}", 2) for i in range(20)])
     wait_for(lambda: redis_client.hlen("test:started") == 20, timeout=20,
-             message=first.output())
+             message=first.output)
     held = [redis_client.llen(k) for k in redis_client.scan_iter("kiq:wip:*")
             if redis_client.type(k) == b"list"]
     assert sum(held) == 20  # in the in-progress list until settled, like thread jobs
@@ -279,7 +279,7 @@ def test_async_jobs_of_a_killed_worker_are_recovered(redis_client, worker_factor
     first.wait(10)
     second = _start(worker_factory, "-c", "1")
     wait_for(lambda: redis_client.hlen("test:runs") == 20, timeout=30,
-             message=second.output())
+             message=second.output)
     assert all(int(v) == 2 for v in redis_client.hvals("test:started"))
     assert redis_client.llen("queue:default") == 0
 
@@ -288,7 +288,7 @@ def test_a_stop_waits_for_running_async_jobs(redis_client, worker_factory):
     worker = _start(worker_factory, "-c", "1")
     aj.nap.enqueue_many([(f"s{i}", 1.0) for i in range(30)])
     wait_for(lambda: redis_client.llen("queue:default") == 0, timeout=20,
-             message=worker.output())
+             message=worker.output)
     worker.send(signal.SIGTERM)
     assert worker.wait(20) == 0
     assert redis_client.llen("test:async:spans") == 30

@@ -209,7 +209,7 @@ def test_a_callback_that_fails_and_retries_fires_once_and_holds_its_parent(redis
         with batch(description="inner", on_success=wj.flaky_ledger.s("inner")) as inner:
             wj.work.enqueue("i1")
     worker = _start(worker_factory, "-c", "2")
-    wait_for(lambda: _ledger(redis_client).get("outer"), timeout=20, message=worker.output())
+    wait_for(lambda: _ledger(redis_client).get("outer"), timeout=20, message=worker.output)
     time.sleep(1.0)  # a second firing would be on its way by now
     assert int(redis_client.hget("test:attempts", "inner")) == 2  # failed once, then retried
     assert _ledger(redis_client) == {"inner": 1, "outer": 1}
@@ -425,7 +425,7 @@ def test_a_1000_job_batch_under_sigkill_fires_success_exactly_once(redis_client,
         kills += 1
         victim = _start(worker_factory, "-c", "5", **env)
     wait_for(lambda: _ledger(redis_client).get("success"), timeout=5,
-             message=steady.output())
+             message=steady.output)
     time.sleep(1.0)  # a second firing would be on its way by now
     assert kills >= 3
     assert _ledger(redis_client) == {"success": 1, "complete": 1}

@@ -132,7 +132,7 @@ def test_enqueue_fetch_run_on_three_shards(store, start_worker, redis_client):
     assert store.queue_size("low") == 30
     worker = start_worker()
     every = [t for ts in tokens.values() for t in ts]
-    wait_for(lambda: all_ran(redis_client, every), timeout=30, message=worker.output())
+    wait_for(lambda: all_ran(redis_client, every), timeout=30, message=worker.output)
     assert set(runs(redis_client, every).values()) == {1}
     wait_for(lambda: api.Stats().processed >= 90, timeout=10)
     assert all(store.queue_size(q) == 0 for q in QUEUES)
@@ -151,13 +151,13 @@ def test_retries_dead_scheduled_and_retry_now(store, start_worker, redis_client)
     worker = start_worker()
     # fail_twice: retried through the retry set twice by the poller, then succeeds.
     wait_for(lambda: all_ran(redis_client, ["f:1", "f:2", "f:3", "d", "s"]), timeout=30,
-             message=worker.output())
+             message=worker.output)
     assert store.set_size("retry") == 0
     wait_for(lambda: store.set_size("dead") == 1, timeout=5)
     assert redis_client.smembers("ledger:s") and time.time() >= at
     # Retry now from the dead set (set_requeue_batch.lua through the queue's outbox).
     assert api.DeadSet().retry_all() == 1
-    wait_for(lambda: runs(redis_client, ["d"])["d"] == 2, timeout=15, message=worker.output())
+    wait_for(lambda: runs(redis_client, ["d"])["d"] == 2, timeout=15, message=worker.output)
     wait_for(lambda: store.set_size("dead") == 1, timeout=5)
     assert store.client.llen(store.keys.outbox("default")) == 0
     worker.send(signal.SIGTERM)
@@ -171,7 +171,7 @@ def test_jobs_of_a_killed_worker_are_recovered(store, start_worker, redis_client
     cluster_jobs.run_critical.enqueue_many([(t, 2.0) for t in tokens[5:10]])
     cluster_jobs.run_low.enqueue_many([(t, 2.0) for t in tokens[10:]])
     first = start_worker(env={"KIQ_PROCESS_TTL": "2", "KIQ_HEARTBEAT_INTERVAL": "0.5"})
-    wait_for(lambda: len(store.in_progress()) >= 5, timeout=15, message=first.output())
+    wait_for(lambda: len(store.in_progress()) >= 5, timeout=15, message=first.output)
     first.send(signal.SIGKILL)
     first.wait(timeout=10)
     held = store.in_progress()
@@ -454,7 +454,7 @@ def test_a_supervised_worker_runs_on_a_cluster(store, start_worker, redis_client
     tokens = [f"p{i}" for i in range(60)]
     cluster_jobs.run.enqueue_many([(t,) for t in tokens])
     worker = start_worker("--processes", "2")
-    wait_for(lambda: all_ran(redis_client, tokens), timeout=30, message=worker.output())
+    wait_for(lambda: all_ran(redis_client, tokens), timeout=30, message=worker.output)
     worker.send(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0, worker.output()
     output = worker.output()

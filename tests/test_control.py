@@ -43,7 +43,7 @@ def test_a_python_loop_past_its_limit_fails_with_jobtimeout_and_its_thread_runs_
     cj.spin.enqueue("loop")
     cj.where_am_i.enqueue("next")
     wait_for(lambda: redis_client.hget("test:ctx", "next"), timeout=20,
-             message=worker.output())
+             message=worker.output)
     [failed] = _set_jobs(redis_client, "retry")
     assert failed["error_class"] == "django_kiq.exceptions.JobTimeout"
     assert "time limit of 0.5s" in failed["error_message"]
@@ -73,12 +73,12 @@ def test_a_job_blocked_in_c_is_marked_stuck(redis_client, worker_factory):
         return [json.loads(v) for k in redis_client.scan_iter("*:work")
                 for v in redis_client.hvals(k) if json.loads(v).get("stuck")]
 
-    wait_for(stuck_work, timeout=10, message=worker.output())
+    wait_for(stuck_work, timeout=10, message=worker.output)
     [process] = api.ProcessSet().list()
     assert [w.stuck for w in process.work] == [True]
-    wait_for(lambda: "stuck jid=" in worker.output(), timeout=5, message=worker.output())
+    wait_for(lambda: "stuck jid=" in worker.output(), timeout=5, message=worker.output)
     # When the sleep returns, the pending JobTimeout fails it: ordinary failure, no retry left.
-    wait_for(lambda: redis_client.zcard("dead") == 1, timeout=10, message=worker.output())
+    wait_for(lambda: redis_client.zcard("dead") == 1, timeout=10, message=worker.output)
     assert _hget_int(redis_client, "test:runs", "c") == 0
 
 
@@ -146,16 +146,16 @@ def test_an_expired_job_is_dropped_and_counted(redis_client, worker_factory):
     cj.expiring.enqueue_in(0.5, "late-scheduled")
     time.sleep(1.6)  # both are past their expiry (the scheduled one: 1 s after its due time)
     worker = _start(worker_factory, "-c", "2")
-    wait_for(lambda: _stat(redis_client, "expired") == 2, timeout=20, message=worker.output())
+    wait_for(lambda: _stat(redis_client, "expired") == 2, timeout=20, message=worker.output)
     # Enqueued once the worker runs: a start slower than its 1 s expiry would drop it too.
     cj.expiring.enqueue("fresh")
     wait_for(lambda: _hget_int(redis_client, "test:runs", "fresh"), timeout=10,
-             message=worker.output())
+             message=worker.output)
     assert _stat(redis_client, "expired") == 2
     assert _hget_int(redis_client, "test:runs", "late") == 0
     assert _hget_int(redis_client, "test:runs", "late-scheduled") == 0
     # Log lines go through the worker's writer thread: they follow the counts within ~10 ms.
-    wait_for(lambda: "expired jid=" in worker.output(), timeout=5, message=worker.output())
+    wait_for(lambda: "expired jid=" in worker.output(), timeout=5, message=worker.output)
 
 
 # -- unique jobs ------------------------------------------------------------------------------
@@ -225,7 +225,7 @@ def test_the_lock_is_released_on_each_way_a_job_ends(redis_client, worker_factor
     wait_for(lambda: _hget_int(redis_client, "test:started", "start"), timeout=20)
     wait_for(lambda: _hget_int(redis_client, "test:runs", "ok")
              and _hget_int(redis_client, "test:started", "dies"), timeout=20)
-    wait_for(lambda: not _locks(redis_client), timeout=5, message=worker.output())
+    wait_for(lambda: not _locks(redis_client), timeout=5, message=worker.output)
     assert _hget_int(redis_client, "test:started", "start") == 1  # still running, lock gone
     # Retry keeps the lock (the job is pending retry).
     retried = cj.unique_record.enqueue("retry", 0, True)

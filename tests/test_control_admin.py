@@ -248,7 +248,7 @@ def test_cancel_a_running_job_from_the_busy_page(admin_client, redis_client, wor
     worker = worker_factory("-c", "2", env=IMPORTS)
     jid = cj.wait_to_be_cancelled.enqueue("run")
     wait_for(lambda: redis_client.hget("test:started", "run"), timeout=20,
-             message=worker.output())
+             message=worker.output)
     page = wait_for(lambda: (text := admin_client.get(url("busy")).text)
                     and f'name="jid" value="{jid}"' in text and text, timeout=10)
     assert "Raise JobCancelled in the job" in page
@@ -256,11 +256,11 @@ def test_cancel_a_running_job_from_the_busy_page(admin_client, redis_client, wor
     assert follow_messages(response) == [
         f"Cancelled job {jid}: it was running: JobCancelled is raised in it within a second."]
     wait_for(lambda: redis_client.hget("test:cleanup", "run") == b"1", timeout=10,
-             message=worker.output())
+             message=worker.output)
     wait_for(lambda: stat(redis_client, "cancelled") == 1, timeout=10)
     assert redis_client.zcard("retry") == 0 and stat(redis_client, "failed") == 0
     wait_for(lambda: "by admin" in worker.output() or "admin" in worker.output(), timeout=5,
-             message=worker.output())
+             message=worker.output)
 
 
 # -- Busy: stuck badge and deadline -------------------------------------------------------------

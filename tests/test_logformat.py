@@ -195,7 +195,7 @@ def test_worker_writes_json_lines(worker_factory, redis_client):
                 return json.loads(line)
         return None
 
-    line = wait_for(done_line, timeout=20, message=worker.output())
+    line = wait_for(done_line, timeout=20, message=worker.output)
     assert line["job"] == jobs.noop.name and line["queue"] == "default"
     assert line["logger"] == "django_kiq.job" and isinstance(line["elapsed"], float)
     starting = [json.loads(l) for l in worker.output().splitlines()

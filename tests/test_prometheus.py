@@ -232,7 +232,7 @@ def test_worker_serves_metrics_on_its_port(worker_factory, redis_client):
                 if s.name.endswith("_total")]
         return families if sum(s.value for s in done) >= 4 else None
 
-    families = wait_for(settled, timeout=20, message=worker.output())
+    families = wait_for(settled, timeout=20, message=worker.output)
     assert _value(families["kiq_jobs_processed"], job=jobs.noop.name, queue="default") == 3
     assert _value(families["kiq_jobs_dead"], job=jobs.fail_to_dead.name, queue="default") == 1
     histogram = families["kiq_job_duration_seconds"]

@@ -51,7 +51,7 @@ def start(worker_factory, *args: str, ttl: str = "3", **env: str):
 def wait_children(redis_client, worker, count: int, exclude=()) -> dict[str, dict]:
     return wait_for(lambda: (lambda c: c if len(c) == count and not set(c) & set(exclude)
                              else None)(children(redis_client)),
-                    timeout=20, message=worker.output())
+                    timeout=20, message=worker.output)
 
 
 def beat(store, identity: str, **info) -> None:
@@ -117,7 +117,7 @@ def test_children_share_the_work_show_their_parent_and_stop_on_term(worker_facto
     assert worker.pid not in pids
     for i in range(40):
         supervisor_jobs.pid_of.enqueue(f"t{i}")
-    wait_for(lambda: redis_client.hlen("test:pids") == 40, message=worker.output())
+    wait_for(lambda: redis_client.hlen("test:pids") == 40, message=worker.output)
     assert {int(p) for p in redis_client.hvals("test:pids")} <= set(pids)
     worker.send(signal.SIGTERM)
     assert worker.wait(timeout=20) == 0, worker.output()
@@ -130,18 +130,18 @@ def test_a_killed_child_is_replaced_and_its_job_recovered_at_once(worker_factory
     worker = start(worker_factory, "2", "-c", "1", ttl="60")
     first = wait_children(redis_client, worker, 2)
     supervisor_jobs.hold.enqueue("victim")
-    pid = int(wait_for(lambda: redis_client.hget("test:pids", "victim"), message=worker.output()))
+    pid = int(wait_for(lambda: redis_client.hget("test:pids", "victim"), message=worker.output))
     redis_client.delete("test:pids")
     os.kill(pid, signal.SIGKILL)
     killed = [i for i, info in first.items() if info["pid"] == pid]
     started = time.monotonic()
     # The job runs again (in any child) within seconds, not after 60 s of TTL.
     again = int(wait_for(lambda: redis_client.hget("test:pids", "victim"), timeout=15,
-                         message=worker.output()))
+                         message=worker.output))
     assert again != pid and time.monotonic() - started < 10
     wait_children(redis_client, worker, 2, exclude=killed)  # replaced
     redis_client.set("test:release", 1)
-    wait_for(lambda: redis_client.hget("test:runs", "victim") == b"1", message=worker.output())
+    wait_for(lambda: redis_client.hget("test:runs", "victim") == b"1", message=worker.output)
     assert "signal SIGKILL" in worker.output() and "recovered 1 job(s) of worker" in worker.output()
     worker.send(signal.SIGTERM)
     assert worker.wait(timeout=20) == 0, worker.output()
@@ -165,7 +165,7 @@ def test_sigkill_of_the_parent_stops_the_children_gracefully(worker_factory, red
     pids = [info["pid"] for info in wait_children(redis_client, worker, 2).values()]
     worker.send(signal.SIGKILL)
     worker.wait(timeout=10)
-    wait_for(lambda: all(gone(pid) for pid in pids), timeout=15, message=worker.output())
+    wait_for(lambda: all(gone(pid) for pid in pids), timeout=15, message=worker.output)
     # Graceful: each unregistered itself (no heartbeat left to expire).
     assert redis_client.scard("processes") == 0, worker.output()
     assert worker.output().count("stopped (0 job(s) pushed back)") == 2, worker.output()
@@ -175,10 +175,10 @@ def test_tstp_quiets_and_ttin_dumps_every_child(worker_factory, redis_client):
     worker = start(worker_factory, "2", "-c", "1")
     found = wait_children(redis_client, worker, 2)
     worker.send(signal.SIGTTIN)
-    wait_for(lambda: worker.output().count("thread kiq-heartbeat") >= 2, message=worker.output())
+    wait_for(lambda: worker.output().count("thread kiq-heartbeat") >= 2, message=worker.output)
     worker.send(signal.SIGTSTP)
     wait_for(lambda: all(redis_client.hget(i, "quiet") == b"true" for i in found),
-             message=worker.output())
+             message=worker.output)
     worker.send(signal.SIGINT)
     assert worker.wait(timeout=20) == 0, worker.output()
 
@@ -187,10 +187,10 @@ def test_a_second_int_stops_the_workers_at_once(worker_factory, redis_client):
     worker = start(worker_factory, "2", "-c", "1", "--timeout", "30")
     wait_children(redis_client, worker, 2)
     supervisor_jobs.hold.enqueue("long")
-    wait_for(lambda: redis_client.hget("test:pids", "long"), message=worker.output())
+    wait_for(lambda: redis_client.hget("test:pids", "long"), message=worker.output)
     worker.send(signal.SIGINT)
     wait_for(lambda: "stopping: waiting up to 30.0s for 1 running job(s)" in worker.output(),
-             message=worker.output())
+             message=worker.output)
     started = time.monotonic()
     worker.send(signal.SIGINT)  # the terminal's second Ctrl-C: no 30 s wait
     assert worker.wait(timeout=15) == 0, worker.output()
@@ -207,9 +207,9 @@ def test_max_jobs_recycles_one_child_at_a_time(worker_factory, redis_client):
         for i in range(25):
             supervisor_jobs.pid_of.enqueue(f"w{wave}-{i}")
         wait_for(lambda: redis_client.hlen("test:pids") == 25 * (wave + 1),
-                 message=worker.output())
+                 message=worker.output)
         wait_for(lambda: worker.output().count("recycling worker") > wave, timeout=15,
-                 message=worker.output())
+                 message=worker.output)
     ran_in = {int(p) for p in redis_client.hvals("test:pids")}
     assert len(ran_in) >= 3, worker.output()  # replacements ran jobs too
     assert_one_at_a_time(worker.output())
@@ -220,7 +220,7 @@ def test_max_jobs_recycles_one_child_at_a_time(worker_factory, redis_client):
 def test_max_rss_recycles_one_child_at_a_time(worker_factory, redis_client):
     worker = start(worker_factory, "2", "-c", "1", "--max-rss", "1")  # every worker is over
     wait_for(lambda: worker.output().count("MB resident (--max-rss 1)") >= 3, timeout=20,
-             message=worker.output())
+             message=worker.output)
     assert_one_at_a_time(worker.output())
     worker.send(signal.SIGTERM)
     assert worker.wait(timeout=20) == 0, worker.output()
@@ -241,12 +241,12 @@ def test_a_stuck_child_is_replaced_and_its_job_fails_with_job_timeout(worker_fac
     worker = start(worker_factory, "2", "-c", "2", "--timeout", "3")
     found = wait_children(redis_client, worker, 2)
     supervisor_jobs.stuck_in_c.enqueue("stuck", 120)
-    pid = int(wait_for(lambda: redis_client.hget("test:pids", "stuck"), message=worker.output()))
+    pid = int(wait_for(lambda: redis_client.hget("test:pids", "stuck"), message=worker.output))
     jobs.record.enqueue("meanwhile")  # the other child keeps working
-    wait_for(lambda: redis_client.hget("test:runs", "meanwhile"), message=worker.output())
+    wait_for(lambda: redis_client.hget("test:runs", "meanwhile"), message=worker.output)
     # Stuck 5 s past its 0.3 s limit (control.STUCK_AFTER), then replaced.
     retry = wait_for(lambda: redis_client.zrange("retry", 0, -1), timeout=20,
-                     message=worker.output())
+                     message=worker.output)
     job = json.loads(retry[0])
     assert job["error_class"] == "django_kiq.exceptions.JobTimeout", job
     assert "stuck past its time limit" in job["error_message"] and job["retry_count"] == 0
@@ -289,9 +289,9 @@ def test_a_child_dying_at_start_is_restarted_with_backoff(worker_factory, redis_
     try:
         worker = start(worker_factory, "2", "-c", "1", "--metrics-port", str(port))
         wait_for(lambda: "died 3 times at start; next start in 1.0s" in worker.output(),
-                 timeout=20, message=worker.output())
+                 timeout=20, message=worker.output)
         assert worker.output().count("worker 0 cannot start") >= 3
-        wait_for(lambda: len(children(redis_client)) == 1, message=worker.output())  # worker 1
+        wait_for(lambda: len(children(redis_client)) == 1, message=worker.output)  # worker 1
     finally:
         holder.close()
     wait_children(redis_client, worker, 2)  # the port is free: worker 0 starts

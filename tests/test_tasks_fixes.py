@@ -72,7 +72,7 @@ def test_a_task_pushed_back_on_stop_reads_ready_then_runs(backend, redis_client,
     assert result.status == TaskResultStatus.RUNNING
     if stop == "second-interrupt":
         first.send(signal.SIGINT)
-        wait_for(lambda: "stopping" in first.output(), message=first.output())
+        wait_for(lambda: "stopping" in first.output(), message=first.output)
         first.send(signal.SIGINT)  # the second Ctrl-C: stop now, push the task back
     else:
         first.send(signal.SIGTERM)
@@ -86,7 +86,7 @@ def test_a_task_pushed_back_on_stop_reads_ready_then_runs(backend, redis_client,
     redis_client.set("test:release", 1)
     second = worker_factory("-c", "1", env=WORKER_ENV)
     wait_for(lambda: result.refresh() or result.status == TaskResultStatus.SUCCESSFUL,
-             timeout=20, message=second.output())
+             timeout=20, message=second.output)
     assert result.return_value == "cut" and result.attempts == 2
     assert f":{second.pid}:" in result.worker_ids[1]
 

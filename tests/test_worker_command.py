@@ -69,7 +69,7 @@ def test_a_signal_ends_the_wait_quietly(worker_factory, redis_client, sig):
     import signal
 
     worker = worker_factory(env={"KIQ_REDIS_URL": f"redis://127.0.0.1:{_free_port()}/0"})
-    wait_for(lambda: UNREACHABLE in worker.output(), timeout=30, message=worker.output())
+    wait_for(lambda: UNREACHABLE in worker.output(), timeout=30, message=worker.output)
     worker.send(getattr(signal, sig))
     assert worker.wait(timeout=10) == 0
     assert "Traceback" not in worker.output()
