@@ -239,7 +239,7 @@ def test_worker_rides_out_a_postgres_restart(worker_factory, redis_client):
                 rows = db.execute("SELECT seq FROM dbapp_note WHERE token = 'feed'").fetchall()
             return [seq for (seq,) in rows]
         wait_for(lambda: len(set(seqs())) >= 400, timeout=60, interval=0.5,
-                 message=f"{len(set(seqs()))} of 400 done\n{worker.output()[-3000:]}")
+                 message=lambda: f"{len(set(seqs()))} of 400 done\n{worker.output()[-3000:]}")
         assert worker.proc.poll() is None, worker.output()
         assert set(seqs()) == set(range(400))
         assert failed_while_down >= 1  # jobs did hit the outage, and were retried

@@ -63,7 +63,7 @@ def test_a_changed_module_restarts_the_worker_gracefully(worker_factory, store, 
         wait_for(lambda: count(redis_client, "test:started", "s1") == 1, timeout=10)
         (package / "jobs.py").write_text(JOBS + ADDED)
         wait_for(lambda: "changed; stopping gracefully" in worker.output(), timeout=5,
-                 message=f"the change was not noticed:\n{worker.output()}")
+                 message=lambda: f"the change was not noticed:\n{worker.output()}")
         second = wait_for(lambda: [p for p in api.ProcessSet().list()
                                    if p.identity != first.identity], timeout=20,
                           message="no new worker after the change")[0]

@@ -327,14 +327,14 @@ def test_worker_runs_tasks_and_results_are_read_back(backend, redis_client, work
     worker = worker_factory("-q", "default", "-q", "mail", env=WORKER_ENV)
 
     wait_for(lambda: redis_client.hget("test:started", "blk"), timeout=20,
-             message=f"blocking task never started:\n{worker.output()}")
+             message=lambda: f"blocking task never started:\n{worker.output()}")
     blocked.refresh()
     assert blocked.status == TaskResultStatus.RUNNING and blocked.started_at is not None
     assert blocked.attempts == 1 and f":{worker.pid}:" in blocked.worker_ids[0]
     redis_client.set("test:release", 1)
     for result in (blocked, added, async_result, context, failed, mail, deferred):
         wait_for(lambda r=result: _finished(r), timeout=20,
-                 message=f"{result.task.name} did not finish:\n{worker.output()}")
+                 message=lambda: f"{result.task.name} did not finish:\n{worker.output()}")
 
     assert blocked.return_value == "blk"
     assert djtasks.add.get_result(added.id).return_value == 5
@@ -355,6 +355,6 @@ def test_worker_runs_higher_priority_first(backend, redis_client, worker_factory
         djtasks.record_order.using(priority=priority).enqueue(token)
     worker = worker_factory("-c", "1", env=WORKER_ENV)
     wait_for(lambda: redis_client.llen("test:task-order") == 5, timeout=20,
-             message=f"tasks did not run:\n{worker.output()}")
+             message=lambda: f"tasks did not run:\n{worker.output()}")
     assert [t.decode() for t in redis_client.lrange("test:task-order", 0, -1)] == [
         "top", "high", "low1", "low2", "neg"]

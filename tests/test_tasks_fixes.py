@@ -67,7 +67,7 @@ def test_a_task_pushed_back_on_stop_reads_ready_then_runs(backend, redis_client,
     args = ["-c", "1"] + (["--timeout", "0.3"] if stop == "term-timeout" else [])
     first = worker_factory(*args, env=WORKER_ENV)
     wait_for(lambda: redis_client.hget("test:started", "cut"), timeout=20,
-             message=f"task never started:\n{first.output()}")
+             message=lambda: f"task never started:\n{first.output()}")
     result.refresh()
     assert result.status == TaskResultStatus.RUNNING
     if stop == "second-interrupt":

@@ -31,7 +31,7 @@ def test_worker_waits_for_an_unreachable_redis_then_runs_jobs(worker_factory, re
     worker = worker_factory("-c", "1", env={"KIQ_REDIS_URL": url,
                                             "KIQ_TEST_LEDGER_URL": redis_url})
     wait_for(lambda: worker.output().count(UNREACHABLE) >= 2, timeout=30,
-             message=f"no retry lines:\n{worker.output()}")
+             message=lambda: f"no retry lines:\n{worker.output()}")
     out = worker.output()
     assert worker.proc.poll() is None, out
     assert "Traceback" not in out
@@ -46,7 +46,7 @@ def test_worker_waits_for_an_unreachable_redis_then_runs_jobs(worker_factory, re
         with override_settings(KIQ={**settings.KIQ, "REDIS_URL": url}):
             jobs.record_in_ledger.enqueue("after-wait")
         wait_for(lambda: redis_client.scard("ledger:after-wait") == 1, timeout=30,
-                 message=f"the job never ran:\n{worker.output()}")
+                 message=lambda: f"the job never ran:\n{worker.output()}")
         assert "Traceback" not in worker.output()
         assert private.scard("processes") == 1
         private.close()
