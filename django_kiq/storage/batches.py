@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .base import StorageBase
+from .connection import SOCKET_TIMEOUT
 
 #: At most this many ancestors of a batch are tracked (nesting deeper is refused).
 MAX_DEPTH = 8
 #: Seconds one blocking wait for a result may last: well under the connections' socket
-#: timeout (storage/connection.py's SOCKET_TIMEOUT, 15 s), which a longer block would trip.
-MAX_BLOCK = 5.0
+#: timeout, which a longer block would trip.
+MAX_BLOCK = SOCKET_TIMEOUT / 3
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
