@@ -246,9 +246,12 @@ class group:  # noqa: N801
             create={"bid": bid, "description": self.description or
                     f"group of {len(self.members)}", "created_at": repr(time.time()),
                     "parent": ancestors[0] if ancestors else ""})
+        # The members' and the callback's records, in one round trip.
         now = time.time()
-        workflows.record_enqueued(store, [job for _, job in readied], settings, now)
-        workflows.record_enqueued(store, callbacks, settings, now, callbacks=True)
+        records = workflows.enqueued_records([job for _, job in readied], settings, now)
+        records += workflows.enqueued_records(callbacks, settings, now, callbacks=True)
+        if records:
+            store.write_job_results(records, status_if_new=True)
         return bid
 
 
